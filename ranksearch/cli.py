@@ -1,0 +1,237 @@
+"""The ``ranksearch`` command line: a thin face over the library.
+
+Every user error (bad config, missing data, wrong path, unreachable storage) ends with one
+line on stderr and exit code 2; nothing already computed is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error; its message is printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+    from .runs import RunDirError
+    from .search.study import StorageError
+
+    return (CLIError, ConfigError, DataError, ModelError, RunDirError, StorageError)
+
+
+# --- helpers -------------------------------------------------------------------------------
+def _load_search_config(path: str):
+    from . import config as cfg
+
+    config = cfg.load(path)
+    if config.space is None:
+        raise CLIError(f"{path}: a search needs a 'space' section (this is a one-trial config; "
+                       "run it with 'ranksearch train')")
+    return config
+
+
+def _check_data(config) -> None:
+    """Fail in seconds, before any training, when the dataset or model cannot be had."""
+    from . import pipeline
+
+    data = pipeline.dataset(config)
+    pipeline.build_model(config, data)
+
+
+def _run_dir_for(args, config) -> Path:
+    return Path(args.run_dir) if args.run_dir else Path("runs") / config.name
+
+
+# --- commands ------------------------------------------------------------------------------
+def cmd_search(args) -> None:
+    from . import config as cfg
+    from .runs import RunDir, atomic_write_text
+    from .search import run_search
+
+    config = _load_search_config(args.space)
+    if args.trials is not None:
+        config = config.model_copy(update={"trials": args.trials})
+    if args.storage:
+        config = config.model_copy(update={"storage": args.storage})
+    run = RunDir(_run_dir_for(args, config)).create()
+    _check_data(config)
+    atomic_write_text(run.config_path, cfg.dump(config))
+    run_search(config, run, backend=args.backend, workers=args.workers, address=args.address,
+               progress=not args.quiet, gpus_per_trial=args.gpus_per_trial,
+               cpus_per_trial=args.cpus_per_trial)
+    print(f"study done: {run.path}  (next: ranksearch report {run.path})")
+
+
+def cmd_worker(args) -> None:
+    from .search import join_study
+
+    join_study(args.target, run_dir=args.run_dir, worker=args.worker_index,
+               progress=not args.quiet)
+
+
+def cmd_status(args) -> None:
+    from .search import status_text
+
+    print(status_text(args.run_dir))
+
+
+def cmd_train(args) -> None:
+    from . import config as cfg
+    from . import pipeline
+    from .runs import RunDir
+
+    config = cfg.load(args.config)
+    if config.params is None:
+        raise CLIError(f"{args.config}: 'ranksearch train' needs a 'params' section (one trial); "
+                       "a search space runs with 'ranksearch search'")
+    run = RunDir(_run_dir_for(args, config)).create()
+    _check_data(config)
+    out = Path(args.out) if args.out else run.path / "train"
+    metrics = pipeline.run_trial(config, config.params, run, out, progress=not args.quiet)
+    print(f"accuracy {metrics['accuracy']:.4f} (test {metrics['test_accuracy']:.4f})  "
+          f"FLOPs {metrics['flops']:,} ({metrics['flops_reduction']:.2f}x fewer)  "
+          f"params {metrics['params']:,}")
+    print(f"ranks {metrics['ranks']}")
+    print(f"written to {out}")
+
+
+def cmd_report(args) -> None:
+    from .report import write_report_for_run
+
+    out = write_report_for_run(args.run_dir, args.out)
+    print(f"report written to {out}/index.html")
+
+
+def cmd_export(args) -> None:
+    from .export import export_run
+
+    out = export_run(args.run_dir, args.out, trial=args.trial, max_flops=args.max_flops,
+                     min_accuracy=args.min_accuracy)
+    print(f"exported to {out}")
+
+
+def cmd_baselines(args) -> None:
+    from .baselines import run_baselines_for_run
+
+    run_baselines_for_run(args.run_dir, progress=not args.quiet)
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(run_dir=args.run_dir, report_dir=args.out, export_dir=args.export,
+               trials=args.trials, max_batches=args.max_batches, progress=not args.quiet)
+
+
+# --- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ranksearch",
+        description="Find the best low-rank version of a PyTorch network: a multi-objective "
+        "search (Optuna, Ray Tune) over SVD training, reported as an accuracy-vs-FLOPs "
+        "Pareto front next to filter-pruning baselines.",
+    )
+    parser.add_argument("--version", action="version", version=f"ranksearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("search", "start or resume a study (the same command after a crash continues it)",
+            cmd_search)
+    p.add_argument("space", help="search-space YAML file (see search_spaces/)")
+    p.add_argument("--backend", choices=["optuna", "ray"], default="optuna",
+                   help="optuna: worker processes on one storage (default); ray: Ray Tune")
+    p.add_argument("--trials", type=int, help="complete trials the study should hold in total "
+                   "(default: the file's 'trials'); a larger number resumes and adds trials")
+    p.add_argument("--workers", type=int, default=1,
+                   help="optuna: worker processes on this host; ray: concurrent trials")
+    p.add_argument("--storage", help="Optuna storage URL (postgresql://, mysql://, sqlite:///, "
+                   "redis://) or journal file; default: RUN_DIR/study.journal")
+    p.add_argument("--address", help="ray: address of an existing Ray cluster (HOST:6379)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="ray: GPUs per trial, fractions share a card (default: 1 if CUDA)")
+    p.add_argument("--run-dir", help="run directory (default: runs/NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("worker", "join a running study from another process or host", cmd_worker)
+    p.add_argument("target", help="the run directory, or the storage URL of the study "
+                   "(a URL with a password may instead be set in $RANKSEARCH_STORAGE)")
+    p.add_argument("--run-dir", help="where this worker keeps caches and trial files "
+                   "(default: the run directory, or runs/NAME for a URL)")
+    p.add_argument("--worker-index", type=int, default=0,
+                   help="offsets the sampler seed, so workers suggest different points")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("status", "trials done / running / failed, and the best points so far", cmd_status)
+    p.add_argument("run_dir")
+
+    p = add("report", "write the Pareto report (HTML, PNG, CSVs, summary)", cmd_report)
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default: reports/NAME)")
+
+    p = add("export", "write a chosen trial's config and compact model", cmd_export)
+    p.add_argument("run_dir")
+    pick = p.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=int, help="this trial number")
+    pick.add_argument("--max-flops", help="the most accurate front point under this many FLOPs "
+                      "(e.g. 2.5e6) or this reduction (e.g. 4x)")
+    pick.add_argument("--min-accuracy", type=float,
+                      help="the front point with the fewest FLOPs at or above this accuracy "
+                      "(0-1, or a percentage above 1)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = add("train", "run one trial from a config (an exported config reproduces its trial)",
+            cmd_train)
+    p.add_argument("config")
+    p.add_argument("--run-dir", help="where the reference cache lives (default: runs/NAME)")
+    p.add_argument("--out", help="where the trial's files go (default: RUN_DIR/train)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("baselines", "run or complete a study's filter-pruning baselines", cmd_baselines)
+    p.add_argument("run_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("quickstart", "a whole small search, its baselines, report and export on the "
+            "bundled digits data (no download, no GPU)", cmd_quickstart)
+    p.add_argument("--run-dir", default="runs/quickstart")
+    p.add_argument("--out", default="reports/quickstart", help="report folder")
+    p.add_argument("--export", default="exports/quickstart", help="export folder")
+    p.add_argument("--trials", type=int, default=None, help="trials (default: the shipped space)")
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="cap every epoch at this many batches (a smoke run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    errors = _user_errors()
+    try:
+        args.func(args)
+    except errors as err:
+        print(f"ranksearch: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("ranksearch: interrupted; rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

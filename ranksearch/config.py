@@ -1,0 +1,367 @@
+"""The YAML files users write: search spaces and single-trial configs.
+
+One schema serves both. A *search space* has a ``space:`` section (what to search); a *trial
+config* (what ``ranksearch train`` runs, and what ``ranksearch export`` writes) has a ``params:``
+section holding one resolved point of a space, optionally with the exact per-layer ``ranks``
+that reproduce an exported trial. Everything is validated before anything runs; a wrong field
+raises :class:`ConfigError` whose message is one line naming the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "Range",
+    "ModelSpec",
+    "DataSpec",
+    "Schedule",
+    "TrialParams",
+    "SearchSpace",
+    "StudyConfig",
+    "load",
+    "loads",
+    "dump",
+    "mask_url",
+    "settings_key",
+]
+
+DECAY_TYPES = ("l1", "hoyer", "hoyer_square", "none")
+SCHEMES = ("channel", "spatial")
+GRANULARITIES = ("global", "stage", "layer")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A numeric range to search: ``{low: 1e-4, high: 1e-2, log: true}``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("a range cannot have both log and step")
+        return self
+
+
+# A searchable number: a constant, a list of choices, or a range.
+Searchable = float | list[float] | Range
+
+
+class ModelSpec(_Strict):
+    """Which network: a built-in name (``resnet20``, a torchvision name) or ``module:function``."""
+
+    name: str
+    in_channels: PositiveInt | None = None
+    num_classes: PositiveInt | None = None
+    exclude: list[str] = Field(default_factory=list)
+    """fnmatch patterns of layer names to keep dense."""
+
+
+class DataSpec(_Strict):
+    name: Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet"]
+    dir: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    subset: PositiveInt | None = None
+    """Use at most this many training samples (short search schedules)."""
+    workers: int = Field(2, ge=0)
+    """DataLoader worker processes, for streamed datasets (ImageNet) only."""
+
+
+class Schedule(_Strict):
+    """How one training phase runs."""
+
+    epochs: PositiveInt
+    lr: PositiveFloat
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: PositiveInt = 128
+    lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
+    max_batches: PositiveInt | None = None
+    """Cap on batches per epoch (tiny smoke runs); a capped run is still a full-budget run of
+    the capped schedule, since every trial shares the cap."""
+
+    def key(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class TrainingSchedule(_Strict):
+    """The three training phases of a study."""
+
+    reference: Schedule
+    svd: Schedule
+    finetune: Schedule
+
+
+class TrialParams(_Strict):
+    """One resolved point of a search space: the settings of one SVD-training trial."""
+
+    scheme: Literal["channel", "spatial"] = "channel"
+    init: Literal["svd", "random"] = "svd"
+    decay: Literal["l1", "hoyer", "hoyer_square", "none"] = "hoyer"
+    lambda_o: float = Field(1.0, ge=0)
+    lambda_s: float | dict[str, float] = 0.0
+    energy: float | dict[str, float] = 0.0
+    lr: PositiveFloat | None = None
+    """Overrides ``schedule.svd.lr`` (and the fine-tuning rate scaled alike) when searched."""
+    svd_epochs: PositiveInt | None = None
+    finetune_epochs: int | None = Field(None, ge=0)
+    ranks: dict[str, int] | None = None
+    """Exact kept ranks per layer (an exported trial); overrides ``energy`` when given."""
+
+    @field_validator("lambda_s", "energy")
+    @classmethod
+    def _non_negative(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, dict) else [value]
+        for v in values:
+            if v < 0:
+                raise ValueError(f"must be >= 0, got {v:g}")
+        return value
+
+    @field_validator("energy")
+    @classmethod
+    def _below_one(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, dict) else [value]
+        for v in values:
+            if v >= 1:
+                raise ValueError(f"an energy threshold must be below 1, got {v:g}")
+        return value
+
+    def training_key(self) -> dict[str, Any]:
+        """The settings that determine the SVD-trained model (not pruning, not fine-tuning)."""
+        return self.model_dump(exclude={"energy", "ranks", "finetune_epochs"})
+
+
+class SearchSpace(_Strict):
+    """What the search varies. Each field is a constant, a list of choices or a range; the
+    ``lambda_s`` and ``energy`` ranges may be given per decay type."""
+
+    scheme: Literal["channel", "spatial"] | list[Literal["channel", "spatial"]] = "channel"
+    init: Literal["svd", "random"] = "svd"
+    decay: (
+        Literal["l1", "hoyer", "hoyer_square", "none"]
+        | list[Literal["l1", "hoyer", "hoyer_square", "none"]]
+    ) = "hoyer"
+    granularity: Literal["global", "stage", "layer"] = "global"
+    """Whether λ_s and e are one value, one per stage (layer group), or one per layer."""
+    lambda_o: Searchable = 1.0
+    lambda_s: Searchable | dict[str, Searchable] = 0.0
+    energy: Searchable | dict[str, Searchable] = 0.0
+    lr: Searchable | None = None
+    svd_epochs: list[PositiveInt] | None = None
+    finetune_epochs: list[int] | None = None
+    energy_trials_per_model: PositiveInt = 1
+    """How many energy thresholds to try on each SVD-trained model: trials after the first reuse
+    the cached SVD-trained checkpoint and only prune and fine-tune."""
+
+    @field_validator("lambda_s", "energy")
+    @classmethod
+    def _decay_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) <= set(Range.model_fields):
+            # A range whose own check failed also fits the per-decay mapping; say what is
+            # wrong with the range instead.
+            try:
+                Range(**value)
+            except ValidationError as err:
+                raise ValueError(err.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(DECAY_TYPES))
+            if unknown:
+                raise ValueError(
+                    f"per-decay ranges are keyed by {', '.join(DECAY_TYPES)}; got {unknown[0]!r}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _ranges_cover_decays(self) -> SearchSpace:
+        decays = self.decay if isinstance(self.decay, list) else [self.decay]
+        for field in ("lambda_s", "energy"):
+            value = getattr(self, field)
+            if isinstance(value, dict):
+                missing = [d for d in decays if d not in value and d != "none"]
+                if field == "energy":
+                    missing = [d for d in decays if d not in value]
+                if missing:
+                    raise ValueError(f"{field} has no range for decay type {missing[0]!r}")
+        return self
+
+    def decays(self) -> list[str]:
+        return list(self.decay) if isinstance(self.decay, list) else [self.decay]
+
+    def schemes(self) -> list[str]:
+        return list(self.scheme) if isinstance(self.scheme, list) else [self.scheme]
+
+
+class Constraints(_Strict):
+    max_flops: PositiveFloat | None = None
+    """A FLOPs ceiling (absolute FLOPs)."""
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: PositiveInt | None = None
+    population_size: PositiveInt | None = None
+
+
+class BaselineSpec(_Strict):
+    methods: list[Literal["l1", "fpgm", "slimming", "random"]] = Field(
+        default_factory=lambda: ["l1", "fpgm", "slimming"]
+    )
+    targets: list[Annotated[float, Field(gt=1)]] = Field(
+        default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 6.0]
+    )
+
+
+class StudyConfig(_Strict):
+    """A whole study (with ``space``) or one trial (with ``params``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelSpec
+    data: DataSpec
+    schedule: TrainingSchedule
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    measure_latency: bool = False
+    objectives: list[Literal["accuracy", "flops", "latency"]] = Field(
+        default_factory=lambda: ["accuracy", "flops"]
+    )
+    constraints: Constraints = Field(default_factory=Constraints)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    storage: str | None = None
+    trials: PositiveInt = 20
+    baselines: BaselineSpec | None = None
+    space: SearchSpace | None = None
+    params: TrialParams | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if value[:2] != ["accuracy", "flops"] or len(value) != len(set(value)):
+            raise ValueError("must be [accuracy, flops] optionally followed by latency")
+        return value
+
+    @model_validator(mode="after")
+    def _latency_measured(self) -> StudyConfig:
+        if "latency" in self.objectives and not self.measure_latency:
+            raise ValueError("the latency objective needs measure_latency: true")
+        if self.space is None and self.params is None:
+            raise ValueError("a config needs a 'space' section (a search) or 'params' (one trial)")
+        return self
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    # A value that fits no branch of a union yields one error per branch. The most useful is
+    # a validator's own message (e.g. "low must not exceed high"), else the deepest location
+    # (the element of a list that is wrong rather than "not a string").
+    first = min(error.errors(), key=lambda e: (e["type"] != "value_error", -len(e["loc"])))
+    # Pydantic reports union branches as extra location parts ("float", "list[float]",
+    # "Range", ...); keep only the path the user wrote.
+    parts = [str(p) for p in first["loc"]]
+    branch = re.compile(r"[A-Za-z_]+\[.*\]|float|int|str|bool|Range|function-.*")
+    location = ".".join(p for p in parts if not branch.fullmatch(p)) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    given = first.get("input")
+    quiet = ("missing", "extra_forbidden", "value_error")
+    shown = "" if first["type"] in quiet else f" (got {given!r:.60})"
+    if isinstance(given, dict) and first["type"] != "extra_forbidden":
+        shown = ""
+    return f"{source}: {location}: {message}{shown}"
+
+
+def loads(text: str, source: str = "<config>") -> StudyConfig:
+    """Parse and validate YAML text. Raises :class:`ConfigError` with a one-line message."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; expected a YAML mapping")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load(path: str | os.PathLike[str]) -> StudyConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror
+        raise ConfigError(f"{path}: cannot read the file ({reason})") from None
+    return loads(text, source=str(path))
+
+
+def dump(config: StudyConfig) -> str:
+    """The config as YAML text, with storage passwords masked."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    if data.get("storage"):
+        data["storage"] = mask_url(data["storage"])
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL (``user:pass@``, ``:pass@``) by ``***``."""
+    return re.sub(r"(?<=://)([^/@:]*):([^/@]*)@", r"\1:***@", url)
+
+
+def settings_key(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable settings: the name of a cache entry."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,210 @@
+"""Export a chosen trial: its config, its compact model (safetensors and ONNX), a README.
+
+An export folder holds no pickled object: :func:`load` rebuilds the compact model's structure
+from ``config.yaml`` and ``plan.json`` (the model name, the scheme and the kept rank of every
+layer) and fills it from ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import models, svd
+from .measure import FLOPS_CONVENTION
+from .runs import atomic_write_text, load_state, read_json
+
+__all__ = ["ExportError", "select_trial", "export_run", "export_trial", "load"]
+
+FILES = ("config.yaml", "plan.json", "model.safetensors")
+
+
+class ExportError(Exception):
+    """Nothing to export, or a folder that is not an export; one line for the user."""
+
+
+def _describe(rows: pd.DataFrame) -> str:
+    return "; ".join(
+        f"trial {int(r.number)}: accuracy {r.accuracy:.4f}, FLOPs {int(r.flops):,} "
+        f"({r.flops_reduction:.2f}x)" for r in rows.itertuples()
+    )
+
+
+def parse_max_flops(value: str, reference_flops: float) -> float:
+    """``"4x"`` is a reduction of the reference's FLOPs; a plain number is absolute FLOPs."""
+    text = value.strip().lower()
+    try:
+        if text.endswith("x"):
+            factor = float(text[:-1])
+            if factor <= 0:
+                raise ValueError
+            return reference_flops / factor
+        flops = float(text)
+    except ValueError:
+        raise ExportError(f"--max-flops: expected FLOPs (e.g. 2.5e6) or a reduction (e.g. 4x), "
+                          f"got {value!r}") from None
+    if flops <= 0:
+        raise ExportError(f"--max-flops: expected a positive number, got {value!r}")
+    return flops
+
+
+def select_trial(
+    trials: pd.DataFrame, front: pd.DataFrame, reference_flops: float, *,
+    trial: int | None = None, max_flops: str | None = None, min_accuracy: float | None = None,
+) -> int:
+    """The trial number a selection names (see ``ranksearch export --help``)."""
+    if trial is not None:
+        rows = trials[(trials["kind"] == "svd") & (trials["number"] == trial)]
+        if rows.empty:
+            raise ExportError(f"--trial {trial}: no such trial in the study")
+        if rows.iloc[0]["state"] != "COMPLETE":
+            raise ExportError(f"--trial {trial}: the trial is {rows.iloc[0]['state'].lower()}, "
+                              "not complete")
+        return trial
+    if front.empty:
+        raise ExportError("the study has no complete trial yet")
+    if max_flops is not None:
+        limit = parse_max_flops(max_flops, reference_flops)
+        fits = front[front["flops"] <= limit]
+        if fits.empty:
+            closest = front.nsmallest(3, "flops")
+            raise ExportError(f"no front point has at most {limit:,.0f} FLOPs; the closest: "
+                              + _describe(closest))
+        return int(fits.sort_values(["accuracy", "flops"], ascending=[False, True])
+                   .iloc[0]["number"])
+    assert min_accuracy is not None
+    floor = min_accuracy / 100 if min_accuracy > 1 else min_accuracy
+    fits = front[front["accuracy"] >= floor]
+    if fits.empty:
+        closest = front.nlargest(3, "accuracy")
+        raise ExportError(f"no front point reaches accuracy {floor:.4f}; the closest: "
+                          + _describe(closest))
+    return int(fits.sort_values(["flops", "accuracy"], ascending=[True, False])
+               .iloc[0]["number"])
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None,
+               max_flops: str | None = None, min_accuracy: float | None = None) -> Path:
+    """Select a trial of the study in ``run_dir`` and export it to ``out``."""
+    from .report.pareto import pareto_front, trials_frame
+    from .search import open_run_study
+
+    run, _, study = open_run_study(run_dir)
+    trials = trials_frame(study, run.path)
+    reference = study.user_attrs.get("reference")
+    if reference is None:
+        raise ExportError(f"{run.path}: the study has no reference yet")
+    number = select_trial(trials, pareto_front(trials), reference["flops"], trial=trial,
+                          max_flops=max_flops, min_accuracy=min_accuracy)
+    return export_trial(run.trial_dir(number), out)
+
+
+def export_trial(trial_dir: Path, out: str | Path) -> Path:
+    """Write the export folder of the trial whose files are in ``trial_dir``.
+
+    The folder is assembled under a temporary name and renamed into place, so a kill leaves
+    either no export or a whole one.
+    """
+    missing = [f for f in (*FILES, "metrics.json") if not (trial_dir / f).is_file()]
+    if missing:
+        raise ExportError(f"{trial_dir}: the trial's {missing[0]} is missing")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        for name in FILES:
+            shutil.copyfile(trial_dir / name, staging / name)
+        model = load(staging)
+        plan = read_json(staging / "plan.json")
+        _write_onnx(model, plan["input_shape"], staging / "model.onnx")
+        metrics = read_json(trial_dir / "metrics.json")
+        atomic_write_text(staging / "README.md", _readme(metrics, plan, trial_dir.name))
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        if not (target / "plan.json").is_file() and any(target.iterdir()):
+            raise ExportError(f"{target}: exists and is not an export folder; choose another "
+                              "--out")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def _write_onnx(model: nn.Module, input_shape: list[int], path: Path) -> None:
+    example = torch.randn(1, *input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                          output_names=["logits"], dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str) -> str:
+    rank_lines = "\n".join(
+        f"| `{name}` | {rank} | "
+        f"{'one dense layer (merged back)' if plan['plan'].get(name) is None else 'two layers'} |"
+        for name, rank in metrics["ranks"].items())
+    return f"""# ranksearch export: trial {number}
+
+| | |
+|---|---|
+| model | `{plan['model']}`, {plan['scheme']}-wise SVD |
+| validation accuracy | {100 * metrics['accuracy']:.2f} % |
+| test accuracy | {100 * metrics['test_accuracy']:.2f} % |
+| FLOPs | {metrics['flops']:,} ({metrics['flops_reduction']:.2f}x fewer than the dense reference) |
+| parameters | {metrics['params']:,} |
+
+FLOPs: {FLOPS_CONVENTION}, input shape {tuple(plan['input_shape'])}.
+
+## Load
+
+```python
+import ranksearch
+model = ranksearch.load("path/to/this/folder"); plain torch.nn layers, nothing unpickled
+```
+
+`model.onnx` runs in ONNX Runtime (input `input`, any batch size). `ranksearch train
+config.yaml` reruns the trial with these exact ranks.
+
+## Kept rank per layer
+
+| layer | kept rank | form |
+|---|---|---|
+{rank_lines}
+"""
+
+
+def load(export_dir: str | Path) -> nn.Module:
+    """Rebuild the compact model of an export (or trial) folder, in eval mode.
+
+    The structure comes from ``plan.json`` and the weights from ``model.safetensors``; nothing
+    is unpickled, so loading an export from elsewhere runs none of its code (a
+    ``module:function`` model name still imports that module to build the structure).
+    """
+    folder = Path(export_dir)
+    missing = [f for f in ("plan.json", "model.safetensors") if not (folder / f).is_file()]
+    if missing:
+        raise ExportError(f"{folder}: not an export folder ({missing[0]} is missing)")
+    plan = read_json(folder / "plan.json")
+    dense = models.create(plan["model"], num_classes=plan["num_classes"],
+                          in_channels=plan["in_channels"])
+    model = svd.build_compact(dense, plan["plan"], plan["scheme"])
+    model.load_state_dict(load_state(folder / "model.safetensors"), strict=True)
+    return model.eval()

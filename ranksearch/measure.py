@@ -1,0 +1,86 @@
+"""Cost of a model: FLOPs, parameters and measured CPU latency.
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on one input of the
+given shape (batch size 1). The convention is PyTorch's: one multiply-accumulate counts as
+two FLOPs, and only the operators PyTorch registers a formula for (convolutions, matrix
+products, attention) are counted; element-wise work such as batch norm, ReLU and additions
+is not.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["flops", "params", "latency"]
+
+FLOPS_CONVENTION = (
+    "FLOPs = 2 x multiply-accumulates of convolutions and matrix products, counted by "
+    "torch.utils.flop_counter.FlopCounterMode for one input (batch size 1)"
+)
+
+
+def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+
+
+def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass of ``model`` on one input of shape ``input_shape`` (C, H, W).
+
+    The model is run in eval mode under ``torch.no_grad``; its training mode is restored after.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(_example_input(model, input_shape, 1))
+        return int(counter.get_total_flops())
+    finally:
+        model.train(was_training)
+
+
+def params(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (buffers such as batch-norm statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+) -> float:
+    """Median wall time in seconds of one forward pass on the CPU, after ``warmup`` passes.
+
+    The model is copied to the CPU in eval mode, so the caller's model is left untouched.
+    ``threads`` sets ``torch.set_num_threads`` for the measurement and restores it after.
+    """
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(batch_size, *input_shape)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        times = []
+        with torch.inference_mode():
+            for _ in range(warmup):
+                cpu_model(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                cpu_model(x)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(previous_threads)

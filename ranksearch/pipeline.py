@@ -1,0 +1,241 @@
+"""One trial, independent of any search backend: settings in, metrics out.
+
+``reference -> decompose -> SVD-train -> prune -> fine-tune -> measure``
+
+Work shared by several trials is cached in the run directory under a key of the settings that
+determine it: the dense reference (once per study) and the SVD-trained model before pruning
+(shared by trials that differ only in their energy thresholds). Concurrent workers take a lock
+on an entry, so each is computed once.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import config as cfg
+from . import measure, models, svd
+from .data import Dataset
+from .data import load as load_data
+from .runs import RunDir, atomic_write_text, load_state, read_json, save_state, write_json
+from .train import Diverged, evaluate, fit, resolve_device
+
+__all__ = ["TrialFailed", "run_trial", "reference", "dataset", "build_model", "expand_by_layer"]
+
+
+class TrialFailed(RuntimeError):
+    """A trial that could not produce a result; ``str(err)`` is the reason recorded."""
+
+
+def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
+    """The dense network the config names, shaped for the dataset."""
+    spec = config.model
+    return models.create(
+        spec.name,
+        num_classes=spec.num_classes or data.num_classes,
+        in_channels=spec.in_channels or data.input_shape[0],
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(name: str, data_dir: str | None, val_fraction: float, subset: int | None,
+                    seed: int, device: str) -> Dataset:
+    return load_data(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
+                     device=device, subset=subset)
+
+
+def dataset(config: cfg.StudyConfig) -> Dataset:
+    """The study's dataset on its training device, loaded once per process."""
+    d = config.data
+    device = str(resolve_device(config.device))
+    return _cached_dataset(d.name, d.dir, d.val_fraction, d.subset, config.seed, device)
+
+
+def reference_key(config: cfg.StudyConfig) -> str:
+    """What determines the dense reference: model, data, schedule and seed."""
+    return cfg.settings_key(
+        "reference", config.model.model_dump(exclude={"exclude"}), config.data.model_dump(),
+        config.schedule.reference.key(), config.seed, config.precision,
+    )
+
+
+def measured(model: nn.Module, data: Dataset, config: cfg.StudyConfig) -> dict[str, Any]:
+    """Validation and test accuracy, FLOPs, parameters (and latency) of a trained model."""
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {
+        "accuracy": evaluate(model, data, "val", precision=config.precision),
+        "test_accuracy": evaluate(model, data, "test", precision=config.precision),
+        "flops": measure.flops(model, data.input_shape),
+        "params": measure.params(model),
+    }
+    if config.measure_latency:
+        metrics["latency_ms"] = 1e3 * measure.latency(model, data.input_shape)
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def reference(
+    config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained dense reference and its metrics, trained once per study and cached."""
+    data = dataset(config)
+    device = resolve_device(config.device)
+    entry = run.cache("reference", reference_key(config))
+    torch.manual_seed(config.seed)
+    model = build_model(config, data).to(device)
+    with entry.lock():
+        if entry.is_valid():
+            model.load_state_dict(load_state(entry.file("model.safetensors"), device))
+            return model, read_json(entry.file("metrics.json"))
+        entry.prepare()
+        try:
+            result = fit(model, data, config.schedule.reference, seed=config.seed,
+                         precision=config.precision, channels_last=config.channels_last,
+                         desc="reference", progress=progress)
+        except Diverged as err:
+            raise TrialFailed(f"reference {err}") from None
+        metrics = measured(model, data, config)
+        metrics["train_time_s"] = result.seconds
+        metrics["epochs"] = result.epochs
+        save_state(entry.file("model.safetensors"), model.state_dict())
+        write_json(entry.file("metrics.json"), metrics)
+        entry.seal()
+    return model, metrics
+
+
+def expand_by_layer(
+    value: float | dict[str, float], layer_names: list[str], groups: dict[str, str]
+) -> float | dict[str, float]:
+    """Resolve a per-stage or per-layer setting to one value per layer name.
+
+    Keys of ``value`` are layer names or group names of :func:`ranksearch.models.layer_groups`;
+    a layer's own name wins over its group's. A layer that neither names gets 0.
+    """
+    if not isinstance(value, dict):
+        return value
+    unknown = set(value) - set(layer_names) - set(groups.values())
+    if unknown:
+        raise TrialFailed(f"unknown layer or group {sorted(unknown)[0]!r} in the trial params")
+    return {name: value.get(name, value.get(groups.get(name, ""), 0.0)) for name in layer_names}
+
+
+def svd_key(config: cfg.StudyConfig, params: cfg.TrialParams) -> str:
+    """What determines the SVD-trained model before pruning."""
+    return cfg.settings_key(
+        "svd", reference_key(config), params.training_key(), config.model.exclude,
+        config.schedule.svd.key(),
+    )
+
+
+def _svd_trained(
+    config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir, dense: nn.Module,
+    layer_groups: dict[str, str], progress: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The reference decomposed and SVD-trained, cached for trials that share its settings."""
+    data = dataset(config)
+    entry = run.cache("svd", svd_key(config, params))
+    torch.manual_seed(config.seed)
+    model = svd.decompose(dense, scheme=params.scheme, init=params.init,
+                          exclude=tuple(config.model.exclude))
+    layer_names = list(svd.svd_layers(model))
+    lambda_s = expand_by_layer(params.lambda_s, layer_names, layer_groups)
+    with entry.lock():
+        if entry.is_valid():
+            model.load_state_dict(load_state(entry.file("model.safetensors"),
+                                             resolve_device(config.device)))
+            return model, {**read_json(entry.file("meta.json")), "svd_cached": True}
+        entry.prepare()
+
+        def regulariser(m: nn.Module) -> torch.Tensor:
+            loss = params.lambda_o * svd.orthogonality_loss(m)
+            if params.decay != "none":
+                loss = loss + svd.sparsity_loss(m, params.decay, lambda_s)
+            return loss
+
+        result = fit(model, data, config.schedule.svd, seed=config.seed + 1,
+                     regulariser=regulariser, lr=params.lr, epochs=params.svd_epochs,
+                     precision=config.precision, channels_last=config.channels_last,
+                     desc="svd-train", progress=progress)
+        meta = {"svd_train_time_s": result.seconds, "svd_epochs": result.epochs,
+                "svd_losses": result.losses}
+        save_state(entry.file("model.safetensors"), model.state_dict())
+        write_json(entry.file("meta.json"), meta)
+        entry.seal()
+    return model, {**meta, "svd_cached": False}
+
+
+def trial_config(config: cfg.StudyConfig, params: cfg.TrialParams) -> cfg.StudyConfig:
+    """The single-trial config that ``ranksearch train`` reruns to reproduce this trial."""
+    return config.model_copy(update={"space": None, "params": params, "baselines": None})
+
+
+def run_trial(
+    config: cfg.StudyConfig,
+    params: cfg.TrialParams,
+    run: RunDir,
+    trial_dir: Path | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one SVD-training trial and return its metrics (see ``docs/internals.md``).
+
+    With ``trial_dir``, the compact model, its compaction plan, the metrics and the trial's
+    own config are written there. Raises :class:`TrialFailed` with the reason when the trial
+    diverges.
+    """
+    start = time.perf_counter()
+    data = dataset(config)
+    dense, ref_metrics = reference(config, run, progress=progress)
+    groups = models.layer_groups(dense)
+    try:
+        model, svd_meta = _svd_trained(config, params, run, dense, groups, progress)
+        layer_names = list(svd.svd_layers(model))
+        if params.ranks is not None:
+            svd.set_ranks(model, params.ranks)
+        else:
+            svd.prune_by_energy(model, expand_by_layer(params.energy, layer_names, groups))
+        finetune_epochs = (params.finetune_epochs if params.finetune_epochs is not None
+                           else config.schedule.finetune.epochs)
+        finetune_seconds = 0.0
+        if finetune_epochs > 0:
+            result = fit(model, data, config.schedule.finetune, seed=config.seed + 2,
+                         regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
+                         epochs=finetune_epochs, precision=config.precision,
+                         channels_last=config.channels_last, desc="fine-tune",
+                         progress=progress)
+            finetune_seconds = result.seconds
+    except Diverged as err:
+        raise TrialFailed(str(err)) from None
+    ranks = {name: int(layer.rank) for name, layer in svd.svd_layers(model).items()}
+    plan = svd.compaction_plan(model)
+    compact = svd.compact(model)
+    metrics = measured(compact, data, config)
+    svd_train_s = 0.0 if svd_meta["svd_cached"] else svd_meta["svd_train_time_s"]
+    metrics.update(
+        flops_reduction=ref_metrics["flops"] / metrics["flops"],
+        reference_accuracy=ref_metrics["accuracy"],
+        ranks=ranks,
+        plan=plan,
+        svd_cached=svd_meta["svd_cached"],
+        train_time_s=svd_train_s + finetune_seconds,
+        wall_time_s=time.perf_counter() - start,
+        status="complete",
+        full_budget=True,
+    )
+    if trial_dir is not None:
+        save_state(trial_dir / "model.safetensors", compact.state_dict())
+        write_json(trial_dir / "plan.json", {
+            "model": config.model.name, "scheme": params.scheme, "plan": plan,
+            "input_shape": list(data.input_shape),
+            "num_classes": config.model.num_classes or data.num_classes,
+            "in_channels": config.model.in_channels or data.input_shape[0],
+        })
+        final = params.model_copy(update={"ranks": ranks})
+        atomic_write_text(trial_dir / "config.yaml", cfg.dump(trial_config(config, final)))
+        write_json(trial_dir / "metrics.json", metrics)
+    return metrics

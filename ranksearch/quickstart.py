@@ -1,0 +1,83 @@
+"""``ranksearch quickstart``: a whole small study on data that ships with the install.
+
+ResNet-20 on scikit-learn's bundled 8x8 digits: the reference, a multi-objective search over
+SVD training, the filter-pruning baselines, the report and an export of the best point within
+one accuracy point of the reference. No download, no GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import config as cfg
+from .runs import RunDir, atomic_write_text
+
+__all__ = ["quickstart", "QUICKSTART_SPACE"]
+
+QUICKSTART_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / \
+    "digits_quickstart.yaml"
+
+
+def _say(message: str) -> None:
+    print(f"[quickstart] {message}", file=sys.stderr, flush=True)
+
+
+def trimmed(config: cfg.StudyConfig, max_batches: int) -> cfg.StudyConfig:
+    """The same study with every epoch capped at ``max_batches`` batches (a smoke run)."""
+    schedule = config.schedule.model_copy(update={
+        phase: getattr(config.schedule, phase).model_copy(update={"max_batches": max_batches})
+        for phase in ("reference", "svd", "finetune")
+    })
+    return config.model_copy(update={"schedule": schedule})
+
+
+def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quickstart",
+               export_dir: str = "exports/quickstart", trials: int | None = None,
+               max_batches: int | None = None, progress: bool = True) -> dict:
+    """Run the quickstart study; returns the headline numbers it prints."""
+    from .export import ExportError, export_run
+    from .report import write_report_for_run
+    from .report.pareto import reduction_table, trials_frame
+    from .search import open_run_study, run_search
+
+    if not QUICKSTART_SPACE.is_file():
+        raise cfg.ConfigError(f"{QUICKSTART_SPACE}: missing; the quickstart runs from a source "
+                              "checkout installed with 'pip install -e .'")
+    config = cfg.load(QUICKSTART_SPACE)
+    if trials is not None:
+        config = config.model_copy(update={"trials": trials})
+    if max_batches is not None:
+        config = trimmed(config, max_batches)
+    run = RunDir(run_dir).create()
+    atomic_write_text(run.config_path, cfg.dump(config))
+    _say(f"study '{config.name}': {config.trials} SVD-training trials of {config.model.name} "
+         f"on {config.data.name}, then baselines {', '.join(config.baselines.methods)} at "
+         f"{', '.join(f'{t:g}x' for t in config.baselines.targets)} FLOPs reduction")
+    run_search(config, run, progress=progress)
+    _say("writing the report")
+    report = write_report_for_run(run.path, report_dir)
+    run, config, study = open_run_study(run.path)
+    frame = trials_frame(study, run.path)
+    reference = study.user_attrs["reference"]
+    table = reduction_table(frame, reference["accuracy"], drops=(1,))
+    svd_best = table.loc[table["kind"] == "svd"].iloc[0]["within_1"] if "kind" in table else None
+    try:
+        export = export_run(run.path, export_dir,
+                            min_accuracy=max(reference["accuracy"] - 0.01, 0.0))
+    except ExportError:
+        # No point within one point of the reference: export the most accurate front point.
+        export = export_run(run.path, export_dir, max_flops="1x")
+    summary = {
+        "reference_accuracy": reference["accuracy"],
+        "best_reduction_within_1pt": svd_best,
+        "report": str(Path(report) / "index.html"),
+        "export": str(export),
+    }
+    print(f"reference accuracy: {100 * reference['accuracy']:.2f} % (validation), "
+          f"{reference['flops'] / 1e6:.2f} MFLOPs")
+    best = "none" if svd_best is None or svd_best != svd_best else f"{svd_best:.2f}x"
+    print(f"best FLOPs reduction within 1 point: {best} (SVD training); "
+          f"report: {summary['report']}")
+    print(f"export: {export}  (load it with ranksearch.load('{export}'))")
+    return summary

@@ -1,0 +1,211 @@
+"""The run directory: where a study keeps its config, storage, caches and results.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+kill at any moment leaves either the old file or the new one, never half of one. Cached models
+live in *entries* (folders) with a ``manifest.json`` of file sizes and SHA-256 digests, written
+last: an entry without a manifest, or whose files do not match it, is discarded and recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "write_json",
+           "read_json", "save_state", "load_state", "CacheEntry"]
+
+MANIFEST = "manifest.json"
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be used; the message is one line meant for the user."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Save a state dict as safetensors, atomically (no pickle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors state dict (nothing is unpickled)."""
+    return load_file(str(path), device=str(device))
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CacheEntry:
+    """A folder of files computed once and reused, verified by its manifest before each use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_valid(self) -> bool:
+        """True when the manifest exists and every file it lists has its size and digest."""
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            return False
+        try:
+            manifest = read_json(manifest_path)
+            for name, meta in manifest["files"].items():
+                f = self.path / name
+                if not f.is_file() or f.stat().st_size != meta["size"]:
+                    return False
+                if _digest(f) != meta["sha256"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return True
+
+    def seal(self) -> None:
+        """Write the manifest over every file now in the entry; call after the last write."""
+        files = {
+            f.name: {"size": f.stat().st_size, "sha256": _digest(f)}
+            for f in sorted(self.path.iterdir())
+            if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")
+        }
+        write_json(self.path / MANIFEST, {"files": files})
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on this entry, so that concurrent workers compute it once:
+        the first computes while the others wait, then find it valid."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def prepare(self) -> CacheEntry:
+        """Empty the entry for a fresh computation."""
+        self.discard()
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+class RunDir:
+    """The layout of ``runs/NAME/`` (see ``docs/internals.md``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    # --- layout -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / "study.journal"
+
+    @property
+    def storage_path(self) -> Path:
+        return self.path / "storage.txt"
+
+    def cache(self, kind: str, key: str) -> CacheEntry:
+        return CacheEntry(self.path / "cache" / kind / key)
+
+    def trial_dir(self, number: int) -> Path:
+        return self.path / "trials" / str(number)
+
+    def baseline_dir(self, method: str, target: float) -> Path:
+        return self.path / "baselines" / f"{method}-{target:g}x"
+
+    def baseline_results(self) -> list[dict[str, Any]]:
+        """Every finished baseline's metrics, in name order."""
+        results = []
+        for f in sorted((self.path / "baselines").glob("*/metrics.json")):
+            try:
+                results.append(read_json(f))
+            except (OSError, ValueError):
+                continue  # a half-written result cannot exist (atomic writes); skip foreign files
+        return results
+
+    # --- checks -------------------------------------------------------------------------
+    def create(self) -> RunDir:
+        """Create the directory, failing with one line when it cannot be written."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise RunDirError(
+                f"{self.path}: cannot write the run directory ({err.strerror})") from None
+        return self
+
+    def require_existing(self) -> RunDir:
+        if not self.path.is_dir():
+            raise RunDirError(f"{self.path}: no such run directory")
+        if not self.config_path.is_file():
+            raise RunDirError(f"{self.path}: not a ranksearch run directory (no config.yaml)")
+        return self

@@ -1,0 +1,166 @@
+"""The Optuna backend: worker processes that pull trials from one shared study.
+
+``--trials N`` means N complete trials in the study, exactly, however many workers run and
+however often they are killed: each worker asks for a trial only while complete plus running
+trials fall short of N, under a lock shared by the workers of one host; a trial asked past N
+by a worker on another host (a race the lock cannot see) is given back, not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import config as cfg
+from ..runs import RunDir
+from .objective import Objective
+from .study import (
+    STORAGE_ENV,
+    Heartbeat,
+    counts,
+    fail_stale_trials,
+    load_study,
+    make_sampler,
+    open_storage,
+)
+
+__all__ = ["run_worker", "launch_workers", "TARGET_ATTR"]
+
+TARGET_ATTR = "n_trials"
+POLL_S = 2.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _ask_lock(run: RunDir) -> Iterator[None]:
+    run.path.mkdir(parents=True, exist_ok=True)
+    with (run.path / ".ask.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _describe(number: int, metrics: dict) -> str:
+    return (f"trial {number}: accuracy {metrics['accuracy']:.4f}  "
+            f"FLOPs {metrics['flops'] / 1e6:.2f}M ({metrics['flops_reduction']:.2f}x)  "
+            f"{metrics['wall_time_s']:.1f}s"
+            + ("  [reused SVD training]" if metrics.get("svd_cached") else ""))
+
+
+def _next_trial(study: optuna.Study, run: RunDir) -> optuna.Trial | None | bool:
+    """Ask for a trial if the study still needs one: the trial, None (wait: others' running
+    trials may finish it), or False (the study is done)."""
+    with _ask_lock(run):
+        target = study.user_attrs.get(TARGET_ATTR, 0)
+        trials = study.get_trials(deepcopy=False)
+        if fail_stale_trials(study, trials):
+            trials = study.get_trials(deepcopy=False)
+        c = counts(trials)
+        if c["COMPLETE"] >= target:
+            return False
+        if c["COMPLETE"] + c["RUNNING"] >= target:
+            return None
+        trial = study.ask()
+    # Another host may have asked at the same moment: the trials numbered before ours win.
+    ahead = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                     TrialState.RUNNING))
+                if t.number < trial.number)
+    if ahead >= target:
+        _give_back(study, trial, "surplus: the study already had its trials")
+        return None
+    return trial
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Fail a trial that will not run and requeue its parameters, so no point is lost."""
+    trial.set_user_attr("fail_reason", reason)
+    params = dict(trial.params)
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("reuses_training_of", "retry_of")}
+    study.tell(trial, state=TrialState.FAIL)
+    if params:
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+
+def run_worker(
+    config: cfg.StudyConfig, run: RunDir, storage_url: str, *, worker: int = 0,
+    progress: bool = True,
+) -> int:
+    """Run trials until the study holds its target of complete trials. Returns how many this
+    worker completed."""
+    constraints = (config.constraints.max_flops is not None
+                   or config.constraints.min_accuracy is not None)
+    sampler = make_sampler(config.sampler, constraints, worker)
+    study = load_study(open_storage(storage_url), config.name, sampler=sampler)
+    objective = Objective(config, run, progress=progress)
+    done = 0
+    while True:
+        trial = _next_trial(study, run)
+        if trial is False:
+            return done
+        if trial is None:
+            time.sleep(POLL_S)
+            continue
+        try:
+            with Heartbeat(study, trial._trial_id):
+                outcome = objective(trial)
+        except KeyboardInterrupt:
+            _give_back(study, trial, "interrupted; parameters requeued")
+            raise
+        if outcome.values is None:
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"trial {trial.number} failed: {outcome.fail_reason}")
+            continue
+        study.tell(trial, outcome.values)
+        done += 1
+        log(_describe(trial.number, outcome.metrics))
+
+
+def launch_workers(
+    config: cfg.StudyConfig, run: RunDir, storage_url: str, workers: int, *, progress: bool
+) -> None:
+    """Run ``workers`` workers on this host: this process and ``workers - 1`` children.
+
+    Children get the storage URL through the environment, never the command line; each gets
+    an equal share of the CPU threads. Ctrl-C or an error here stops every child.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, STORAGE_ENV: storage_url, "OMP_NUM_THREADS": str(threads)}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ranksearch", "worker", str(run.path),
+             "--worker-index", str(i), "--quiet"],
+            env=env, start_new_session=True,
+        )
+        for i in range(1, workers)
+    ]
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        run_worker(config, run, storage_url, worker=0, progress=progress)
+        for child in children:
+            child.wait()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()

@@ -1,0 +1,92 @@
+"""Turn a :class:`~ranksearch.config.SearchSpace` into Optuna suggestions.
+
+The same define-by-run function serves both backends (Ray Tune's ``OptunaSearch`` accepts a
+define-by-run callable), so a study reads the same whichever backend ran it.
+
+Parameter names: ``scheme``, ``decay``, ``lambda_o``, ``lr``, ``svd_epochs``,
+``finetune_epochs``; λ_s and the energy threshold are named ``lambda_s`` / ``energy`` when one
+range serves every decay type and ``lambda_s_<decay>`` / ``energy_<decay>`` when the ranges
+depend on the decay type (an Optuna parameter keeps one distribution for the whole study). At
+``stage`` or ``layer`` granularity the group or layer name follows a dot:
+``energy_hoyer.layer2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import Range, SearchSpace, TrialParams
+
+__all__ = ["suggest", "training_param_names", "SuggestTrial"]
+
+
+class SuggestTrial(Protocol):
+    """The part of :class:`optuna.Trial` that the space uses."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+def _value(trial: SuggestTrial, name: str, spec: Any) -> Any:
+    if isinstance(spec, Range):
+        if spec.low == spec.high:
+            return spec.low
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, list):
+        return spec[0] if len(spec) == 1 else trial.suggest_categorical(name, spec)
+    return spec
+
+
+def _per_decay(trial: SuggestTrial, field: str, spec: Any, decay: str, units: list[str]
+               ) -> float | dict[str, float]:
+    """Suggest one value (global) or one per unit (stage/layer) of ``field``."""
+    name = field
+    if isinstance(spec, dict):
+        spec = spec[decay]
+        name = f"{field}_{decay}"
+    if not units:
+        return float(_value(trial, name, spec))
+    return {unit: float(_value(trial, f"{name}.{unit}", spec)) for unit in units}
+
+
+def suggest(trial: SuggestTrial, space: SearchSpace, layer_groups: dict[str, str]
+            ) -> TrialParams:
+    """Sample one point of ``space``.
+
+    ``layer_groups`` maps each decomposable layer's name to its group (stage); it sets the
+    units of ``stage`` and ``layer`` granularity.
+    """
+    scheme = _value(trial, "scheme", space.scheme)
+    decay = _value(trial, "decay", space.decay)
+    if space.granularity == "global":
+        units: list[str] = []
+    elif space.granularity == "stage":
+        units = list(dict.fromkeys(layer_groups.values()))
+    else:
+        units = list(layer_groups)
+    lambda_s = 0.0 if decay == "none" else _per_decay(trial, "lambda_s", space.lambda_s, decay,
+                                                       units)
+    values: dict[str, Any] = {
+        "scheme": scheme,
+        "init": space.init,
+        "decay": decay,
+        "lambda_o": float(_value(trial, "lambda_o", space.lambda_o)),
+        "lambda_s": lambda_s,
+        "energy": _per_decay(trial, "energy", space.energy, decay, units),
+    }
+    if space.lr is not None:
+        values["lr"] = float(_value(trial, "lr", space.lr))
+    if space.svd_epochs is not None:
+        values["svd_epochs"] = int(_value(trial, "svd_epochs", space.svd_epochs))
+    if space.finetune_epochs is not None:
+        values["finetune_epochs"] = int(_value(trial, "finetune_epochs", space.finetune_epochs))
+    return TrialParams(**values)
+
+
+def training_param_names(params: dict[str, Any]) -> dict[str, Any]:
+    """The suggested parameters that determine the SVD-trained model: all but the energy
+    thresholds and the fine-tuning length, which act after SVD training."""
+    return {k: v for k, v in params.items()
+            if not k.startswith("energy") and k != "finetune_epochs"}

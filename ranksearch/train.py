@@ -1,0 +1,174 @@
+"""Training loops: one loop serves the dense reference, SVD training and fine-tuning.
+
+The phases differ only in the model they train and the regulariser added to the
+cross-entropy: none for the reference and the baselines, orthogonality plus sparsity for SVD
+training, orthogonality alone for fine-tuning. A non-finite loss stops the phase with
+:class:`Diverged`, so a trial that blows up fails fast with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .config import Schedule
+from .data import Dataset
+
+__all__ = ["Diverged", "FitResult", "fit", "evaluate", "resolve_device"]
+
+Regulariser = Callable[[nn.Module], torch.Tensor]
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    seconds: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    """Mean training loss of each epoch."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _optimizer(model: nn.Module, schedule: Schedule, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if schedule.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay,
+            nesterov=schedule.momentum > 0,
+        )
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=schedule.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=schedule.weight_decay)
+
+
+def _lr_factor(schedule: Schedule, progress: float) -> float:
+    """Multiplier of the base rate at ``progress`` (0 to 1) through the phase."""
+    if schedule.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule.lr_schedule == "step":
+        return 0.1 ** int(progress / 0.5 + 1e-9) if progress < 1 else 0.01
+    return 1.0
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    schedule: Schedule,
+    *,
+    seed: int,
+    regulariser: Regulariser | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` in place on ``data``'s training split.
+
+    ``lr`` and ``epochs`` override the schedule's (a searched learning rate or epoch count).
+    ``regulariser(model)`` is added to the cross-entropy each step. Shuffling and augmentation
+    are seeded by ``seed``, so a run on the CPU is reproducible.
+    """
+    device = next(model.parameters()).device
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    base_lr = lr if lr is not None else schedule.lr
+    epochs = epochs if epochs is not None else schedule.epochs
+    optimizer = _optimizer(model, schedule, base_lr)
+    batches_per_epoch = math.ceil(data.len_split("train") / schedule.batch_size)
+    if schedule.max_batches is not None:
+        batches_per_epoch = min(batches_per_epoch, schedule.max_batches)
+    total_steps = max(1, epochs * batches_per_epoch)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    model.train()
+    start = time.perf_counter()
+    step = 0
+    epoch_losses: list[float] = []
+    # disable=None hides the bar when stderr is not a terminal (logs, CI).
+    bar = tqdm(total=total_steps, desc=desc, disable=None if progress else True, leave=False,
+               unit="step")
+    try:
+        for _ in range(epochs):
+            running = torch.zeros((), device=device)
+            seen = 0
+            for x, y in data.batches(
+                "train", schedule.batch_size, train=True, generator=generator,
+                limit=schedule.max_batches,
+            ):
+                for group in optimizer.param_groups:
+                    group["lr"] = base_lr * _lr_factor(schedule, step / total_steps)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, precision):
+                    loss = F.cross_entropy(model(x), y)
+                    if regulariser is not None:
+                        loss = loss + regulariser(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += loss.detach()
+                seen += 1
+                step += 1
+                bar.update(1)
+            # One device sync per epoch: checking every step would stall a GPU pipeline, and a
+            # NaN persists once it appears, so an epoch-end check loses nothing but time.
+            mean_loss = (running / max(seen, 1)).item()
+            if not math.isfinite(mean_loss):
+                raise Diverged(f"diverged: training loss became {mean_loss} in {desc}")
+            epoch_losses.append(mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+    finally:
+        bar.close()
+    return FitResult(
+        epochs=epochs,
+        steps=step,
+        seconds=time.perf_counter() - start,
+        final_loss=epoch_losses[-1] if epoch_losses else float("nan"),
+        losses=epoch_losses,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Dataset, split: str, batch_size: int = 512,
+    precision: str = "fp32",
+) -> float:
+    """Top-1 accuracy (0 to 1) of ``model`` on ``split`` (``val`` or ``test``)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    for x, y in data.batches(split, batch_size, train=False):
+        with _autocast(device, precision):
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == y).sum()
+        total += y.numel()
+    model.train(was_training)
+    return correct.item() / max(total, 1)

@@ -1,0 +1,110 @@
+"""Malformed input costs seconds: exit code 2, one line on stderr naming the field or path,
+no traceback, and no training started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ranksearch import cli
+
+BAD = Path(__file__).parent / "bad_spaces"
+CORPUS = sorted(BAD.glob("*.yaml"))
+
+
+def _expectation(path: Path) -> str:
+    first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8", "replace")
+    if first.startswith("# expect: "):
+        return first.removeprefix("# expect: ")
+    return {"binary.yaml": "cannot read the file (not UTF-8 text)"}[path.name]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_corpus_is_large_enough():
+    assert len(CORPUS) >= 25
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_malformed_space_fails_fast(path: Path, tmp_path: Path, capsys, monkeypatch):
+    # Training must never start: make any attempt blow up loudly.
+    import ranksearch.train
+
+    monkeypatch.setattr(ranksearch.train, "fit", _no_training)
+    code, err = run_cli(["search", str(path), "--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert _expectation(path) in lines[0]
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started on a malformed config")
+
+
+def test_missing_file(tmp_path, capsys):
+    code, err = run_cli(["search", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2 and "nope.yaml: no such file" in err
+
+
+def test_unwritable_run_dir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = run_cli(["search", "search_spaces/digits_quickstart.yaml", "--run-dir",
+                         str(blocker / "run")], capsys)
+    assert code == 2 and "cannot write the run directory" in err and str(blocker) in err
+
+
+def test_unknown_storage_scheme(tmp_path, capsys):
+    code, err = run_cli(["search", "search_spaces/digits_quickstart.yaml", "--run-dir",
+                         str(tmp_path / "run"), "--storage", "foo://user:secret@host/db"], capsys)
+    assert code == 2 and "unknown storage" in err
+    assert "secret" not in err and "***" in err
+
+
+def test_unreachable_postgres_masks_password(tmp_path, capsys):
+    code, err = run_cli(["worker", "postgresql://user:hunter2@127.0.0.1:1/db"], capsys)
+    assert code == 2 and "hunter2" not in err and "cannot open the storage" in err
+
+
+def test_report_on_missing_run_dir(tmp_path, capsys):
+    code, err = run_cli(["report", str(tmp_path / "none")], capsys)
+    assert code == 2 and "no such run directory" in err
+
+
+def test_report_on_empty_run_dir(tmp_path, capsys):
+    code, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "not a ranksearch run directory" in err
+
+
+def test_worker_on_unknown_path(tmp_path, capsys):
+    code, err = run_cli(["worker", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "not a storage URL" in err
+
+
+def test_train_needs_params(capsys):
+    code, err = run_cli(["train", "search_spaces/digits_quickstart.yaml"], capsys)
+    assert code == 2 and "needs a 'params' section" in err
+
+
+def test_real_process_prints_one_line(tmp_path):
+    """The installed entry point, not just main(): one line, exit 2, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ranksearch", "search", str(BAD / "low_above_high.yaml"),
+         "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ranksearch: error: {BAD / 'low_above_high.yaml'}: space.lambda_o: low (2) must not "
+        "exceed high (1)"
+    ]
