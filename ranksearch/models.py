@@ -1,0 +1,276 @@
+"""Models that ranksearch can compress: CIFAR ResNets, torchvision models and user factories.
+
+:func:`create` builds an untrained model from a name:
+
+- ``resnet20``, ``resnet32``, ``resnet44``, ``resnet56``, ``resnet110``: the CIFAR ResNets of
+  He et al. 2016 ("Deep Residual Learning for Image Recognition", section 4.2): a 3×3 stem
+  conv with 16 filters, three stages of ``n = (depth - 2) / 6`` basic blocks with 16, 32 and 64
+  channels (the first block of stages 2 and 3 halves the resolution), global average pooling
+  and one fully connected layer.
+
+  Shortcuts use the paper's **option B**: identity where shapes match and a 1×1 convolution
+  with batch norm (stride 2) where a block changes resolution and width. The paper's CIFAR
+  networks used option A (zero-padded strided identity), which is usually written with a
+  lambda layer; Torch-Pruning cannot trace through such a layer to couple the channels of a
+  residual sum, while it handles a projection conv. Option B adds two 1×1 convs
+  (16→32 and 32→64), about 2.8k parameters on top of ResNet-20's 0.27M.
+
+  Module names follow torchvision's ResNets (``conv1``, ``bn1``, ``layer1``..``layer3``,
+  ``fc``; blocks have ``conv1``, ``bn1``, ``conv2``, ``bn2`` and ``downsample``), so a layer
+  name such as ``layer2.0.conv1`` means the same thing in both families.
+- any torchvision classification model name (``resnet18``, ``mobilenet_v2``, ...), built by
+  ``torchvision.models.get_model(name, weights=None, num_classes=...)``; when
+  ``in_channels != 3`` its first convolution is replaced by one with the same settings and
+  ``in_channels`` inputs.
+- ``"package.module:function"``: imports ``package.module`` and returns
+  ``function(num_classes=..., in_channels=...)``. This **runs the user's own code**: only
+  name modules you trust.
+
+:func:`layer_groups` assigns every compressible layer (``Linear``, ``Conv2d``) to a group, the
+unit of stage-level hyperparameters in a search space.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torchvision
+from torch import nn
+
+__all__ = ["ModelError", "CIFAR_RESNET_DEPTHS", "available", "create", "layer_groups"]
+
+CIFAR_RESNET_DEPTHS = {
+    "resnet20": 20,
+    "resnet32": 32,
+    "resnet44": 44,
+    "resnet56": 56,
+    "resnet110": 110,
+}
+
+# A top-level nn.Sequential with more children than this is split into this many groups.
+MAX_SEQUENTIAL_GROUPS = 4
+
+
+class ModelError(ValueError):
+    """A model name that cannot be built; the message is one line."""
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers with a residual connection (He et al. 2016, figure 2 left).
+
+    ``downsample`` is the option-B projection (1×1 conv + BN) when the block changes the
+    number of channels or the resolution, else ``None`` (identity shortcut).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32×32-like inputs: 3 stages of ``blocks_per_stage`` blocks (16/32/64 channels).
+
+    Any input size works (global average pooling); the paper's design assumes about 32×32.
+    """
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._stage(16, 16, blocks_per_stage, stride=1)
+        self.layer2 = self._stage(16, 32, blocks_per_stage, stride=2)
+        self.layer3 = self._stage(32, 64, blocks_per_stage, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        # He et al. initialise convolutions with their own method ("MSRA" init).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(in_planes, planes, stride)]
+        layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _torchvision_names() -> list[str]:
+    # Restricting to the top-level module lists the classification models only (no
+    # detection, segmentation, video or quantized models, whose constructors differ).
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def available() -> list[str]:
+    """Every model name :func:`create` accepts (``module:function`` factories aside)."""
+    return list(CIFAR_RESNET_DEPTHS) + _torchvision_names()
+
+
+def _unknown(name: str) -> ModelError:
+    return ModelError(
+        f"unknown model {name!r}; valid names: {', '.join(available())}, "
+        "or a 'package.module:function' factory"
+    )
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Swap the first ``Conv2d`` (in module order) for one taking ``in_channels`` inputs."""
+    convs = ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    qualified, module = next(convs, ("", None))
+    if module is None:
+        raise ModelError(f"cannot set in_channels={in_channels}: the model has no Conv2d")
+    if module.groups != 1:
+        raise ModelError(
+            f"cannot set in_channels={in_channels}: the first conv {qualified!r} is grouped"
+        )
+    replacement = nn.Conv2d(
+        in_channels,
+        module.out_channels,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+    )
+    parent_name, _, child_name = qualified.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child_name, replacement)
+
+
+def _from_factory(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ModelError(f"model factory {spec!r} must read 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelError(
+            f"model factory {spec!r}: cannot import {module_name!r}: {error}"
+        ) from None
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise ModelError(
+            f"model factory {spec!r}: {module_name!r} has no function {function_name!r}"
+        )
+    model = factory(num_classes=num_classes, in_channels=in_channels)
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build an untrained model.
+
+    Args:
+        name: a CIFAR ResNet (``resnet20/32/44/56/110``), a torchvision classification model
+            name, or a ``"package.module:function"`` factory (imported and called with
+            ``num_classes=`` and ``in_channels=``; this runs the named user code).
+        num_classes: size of the classifier's output.
+        in_channels: channels of the input images (1 for grey-scale data).
+
+    Raises:
+        ModelError: unknown name, a factory that cannot be imported or does not return an
+            ``nn.Module``, or a torchvision model whose first conv cannot be adapted.
+    """
+    if ":" in name:
+        return _from_factory(name, num_classes, in_channels)
+    key = name.lower()
+    if key in CIFAR_RESNET_DEPTHS:
+        blocks = (CIFAR_RESNET_DEPTHS[key] - 2) // 6
+        return CifarResNet(blocks, num_classes=num_classes, in_channels=in_channels)
+    if key not in _torchvision_names():
+        raise _unknown(name)
+    model = torchvision.models.get_model(key, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def _contains_compressible(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in module.modules())
+
+
+def _sequential_groups(prefix: str, sequential: nn.Sequential) -> dict[str, str]:
+    """Map each child index of a long Sequential to a group ``prefix[a:b]``.
+
+    Only children holding a Linear or Conv2d are split, so that every group holds layers; the
+    ``k`` such children go into ``min(k, MAX_SEQUENTIAL_GROUPS)`` consecutive chunks whose
+    sizes differ by at most one (the earlier chunks take the extra child). ``a:b`` is the
+    range of child indices the chunk spans in the Sequential.
+    """
+    indices = [i for i, child in enumerate(sequential) if _contains_compressible(child)]
+    chunks = min(len(indices), MAX_SEQUENTIAL_GROUPS)
+    groups: dict[str, str] = {}
+    start = 0
+    for chunk in range(chunks):
+        size = len(indices) // chunks + (1 if chunk < len(indices) % chunks else 0)
+        members = indices[start : start + size]
+        start += size
+        group = f"{prefix}[{members[0]}:{members[-1] + 1}]"
+        for index in members:
+            groups[str(index)] = group
+    return groups
+
+
+def layer_groups(model: nn.Module) -> dict[str, str]:
+    """Map every ``Linear``/``Conv2d`` qualified name to its group, in module order.
+
+    The group is the layer's top-level child of ``model``: ``conv1``, ``layer1``, ``layer2``,
+    ``layer3``, ``fc`` for the CIFAR and torchvision ResNets. A top-level ``nn.Sequential``
+    with more than ``MAX_SEQUENTIAL_GROUPS`` (4) children (``features`` of MobileNet, VGG,
+    EfficientNet) would be one group for most of the network, so its children holding
+    compressible layers are split by order into at most 4 near-equal chunks, named by the
+    child-index range they span: ``features[0:5]``, ``features[5:10]``, ... When ``model``
+    itself is such a Sequential the groups are named ``[0:3]``, ``[3:6]``, ...
+
+    The result is deterministic: it depends only on the module structure.
+    """
+    children = dict(model.named_children())
+    long_sequentials: dict[str, dict[str, str]] = {}
+    if isinstance(model, nn.Sequential) and len(model) > MAX_SEQUENTIAL_GROUPS:
+        root = _sequential_groups("", model)
+    else:
+        root = {}
+        for child_name, child in children.items():
+            if isinstance(child, nn.Sequential) and len(child) > MAX_SEQUENTIAL_GROUPS:
+                long_sequentials[child_name] = _sequential_groups(child_name, child)
+
+    groups: dict[str, str] = {}
+    for qualified, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        parts = qualified.split(".")
+        if root:
+            groups[qualified] = root[parts[0]]
+        elif parts[0] in long_sequentials and len(parts) > 1:
+            groups[qualified] = long_sequentials[parts[0]][parts[1]]
+        else:
+            groups[qualified] = parts[0]
+    return groups

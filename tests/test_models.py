@@ -1,0 +1,170 @@
+"""Tests of ranksearch.models: CIFAR ResNets, torchvision names, factories, layer groups."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from ranksearch import models
+from ranksearch.models import CIFAR_RESNET_DEPTHS, ModelError, create, layer_groups
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run on one thread: the tensors here are tiny, and on a busy machine OpenMP worker
+    threads waiting for a core cost far more than the work (seconds per forward pass)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(model: nn.Module, kind: type[nn.Module]) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(CIFAR_RESNET_DEPTHS))
+def test_cifar_resnet_structure(name: str) -> None:
+    depth = CIFAR_RESNET_DEPTHS[name]
+    n = (depth - 2) // 6
+    model = create(name)
+    # depth = 1 stem conv + 6n block convs + 1 fc; option B adds two 1×1 projections.
+    assert _count(model, nn.Conv2d) == depth - 1 + 2
+    assert _count(model, nn.Linear) == 1
+    for stage, width in zip((model.layer1, model.layer2, model.layer3), (16, 32, 64), strict=True):
+        assert len(stage) == n
+        assert all(block.conv2.out_channels == width for block in stage)
+    assert model.layer1[0].downsample is None
+    for stage in (model.layer2, model.layer3):
+        projection = stage[0].downsample[0]
+        assert projection.kernel_size == (1, 1) and projection.stride == (2, 2)
+        assert all(block.downsample is None for block in stage[1:])
+
+
+@pytest.mark.parametrize("name", list(CIFAR_RESNET_DEPTHS))
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_cifar_resnet_runs(name: str, in_channels: int) -> None:
+    model = create(name, num_classes=7, in_channels=in_channels).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, 8, 8))
+    assert out.shape == (2, 7)
+    assert model.conv1.in_channels == in_channels
+
+
+def test_resnet20_parameter_count() -> None:
+    count = sum(p.numel() for p in create("resnet20").parameters())
+    # The paper's option-A ResNet-20 has 269,722 parameters ("0.27M"); the two option-B
+    # projections add 16·32 + 32·64 conv weights and 2·(32 + 64) batch-norm parameters.
+    assert count == 269_722 + 16 * 32 + 32 * 64 + 2 * (32 + 64)
+    assert 0.26e6 < count < 0.28e6
+
+
+def test_torchvision_model() -> None:
+    model = create("resnet18", num_classes=7)
+    assert model.fc.out_features == 7
+    assert model.conv1.in_channels == 3
+
+
+def test_torchvision_in_channels_adaptation() -> None:
+    reference = create("mobilenet_v3_small", num_classes=5)
+    model = create("mobilenet_v3_small", num_classes=5, in_channels=1).eval()
+    first, original = model.features[0][0], reference.features[0][0]
+    assert first.in_channels == 1
+    for attribute in ("out_channels", "kernel_size", "stride", "padding", "dilation"):
+        assert getattr(first, attribute) == getattr(original, attribute)
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5)
+
+
+def test_available_lists_both_families() -> None:
+    names = models.available()
+    assert names[:5] == list(CIFAR_RESNET_DEPTHS)
+    assert {"resnet18", "mobilenet_v2", "vgg11"} <= set(names)
+    assert len(names) == len(set(names))
+
+
+def test_factory(tmp_path, monkeypatch) -> None:
+    (tmp_path / "userfactory.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            def make(num_classes, in_channels):
+                return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, num_classes))
+
+            def not_a_model(num_classes, in_channels):
+                return 42
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create("userfactory:make", num_classes=5, in_channels=2)
+    assert model[1].in_features == 8 and model[1].out_features == 5
+    with pytest.raises(ModelError, match="not a torch.nn.Module"):
+        create("userfactory:not_a_model")
+    with pytest.raises(ModelError, match="no function"):
+        create("userfactory:missing")
+    with pytest.raises(ModelError, match="cannot import"):
+        create("no_such_module_xyz:make")
+    sys.modules.pop("userfactory", None)
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(ModelError) as info:
+        create("resnet21")
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in message
+    assert "'resnet21'" in message and "resnet20" in message and "resnet18" in message
+
+
+def test_layer_groups_cifar_resnet() -> None:
+    model = create("resnet20")
+    groups = layer_groups(model)
+    compressible = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert list(groups) == compressible
+    assert list(dict.fromkeys(groups.values())) == ["conv1", "layer1", "layer2", "layer3", "fc"]
+    assert groups["layer2.0.downsample.0"] == "layer2"
+
+
+def test_layer_groups_torchvision() -> None:
+    resnet = layer_groups(create("resnet18"))
+    assert list(dict.fromkeys(resnet.values())) == [
+        "conv1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "fc",
+    ]
+    mobilenet = layer_groups(create("mobilenet_v2"))
+    # features has 19 children, all holding convs: chunks of 5, 5, 5 and 4.
+    assert list(dict.fromkeys(mobilenet.values())) == [
+        "features[0:5]",
+        "features[5:10]",
+        "features[10:15]",
+        "features[15:19]",
+        "classifier",
+    ]
+    assert mobilenet == layer_groups(create("mobilenet_v2"))
+
+
+def test_layer_groups_long_sequential_root() -> None:
+    convs = [nn.Conv2d(1, 1, 1) for _ in range(6)]
+    model = nn.Sequential(*convs, nn.Flatten(), nn.Linear(4, 2))
+    # Seven compressible children (0-5 and 7) in chunks of 2, 2, 2 and 1.
+    assert layer_groups(model) == {
+        "0": "[0:2]",
+        "1": "[0:2]",
+        "2": "[2:4]",
+        "3": "[2:4]",
+        "4": "[4:6]",
+        "5": "[4:6]",
+        "7": "[7:8]",
+    }
+    short = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
+    assert layer_groups(short) == {"0": "0", "3": "3"}
