@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    import optuna
+
+    # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     errors = _user_errors()
     try:
         args.func(args)

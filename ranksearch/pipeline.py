@@ -44,16 +44,17 @@ def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
 
 @functools.lru_cache(maxsize=4)
 def _cached_dataset(name: str, data_dir: str | None, val_fraction: float, subset: int | None,
-                    seed: int, device: str) -> Dataset:
+                    seed: int, device: str, workers: int) -> Dataset:
     return load_data(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                     device=device, subset=subset)
+                     device=device, subset=subset, num_workers=workers)
 
 
 def dataset(config: cfg.StudyConfig) -> Dataset:
     """The study's dataset on its training device, loaded once per process."""
     d = config.data
     device = str(resolve_device(config.device))
-    return _cached_dataset(d.name, d.dir, d.val_fraction, d.subset, config.seed, device)
+    return _cached_dataset(d.name, d.dir, d.val_fraction, d.subset, config.seed, device,
+                           d.workers)
 
 
 def reference_key(config: cfg.StudyConfig) -> str:

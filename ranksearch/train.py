@@ -101,9 +101,8 @@ def fit(
     base_lr = lr if lr is not None else schedule.lr
     epochs = epochs if epochs is not None else schedule.epochs
     optimizer = _optimizer(model, schedule, base_lr)
-    batches_per_epoch = math.ceil(data.len_split("train") / schedule.batch_size)
-    if schedule.max_batches is not None:
-        batches_per_epoch = min(batches_per_epoch, schedule.max_batches)
+    batches_per_epoch = data.num_batches("train", schedule.batch_size, train=True,
+                                         limit=schedule.max_batches)
     total_steps = max(1, epochs * batches_per_epoch)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     model.train()

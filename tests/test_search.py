@@ -1,0 +1,146 @@
+"""The Optuna backend end to end on tiny digits studies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ranksearch import cli, pipeline
+from ranksearch.search.study import STORAGE_ENV
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _study(run: Path, name: str = "tiny", storage: str | None = None) -> optuna.Study:
+    url = storage or str(run / "study.journal")
+    if "://" not in url:
+        url = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_four_trial_study(tiny_space, tmp_path, monkeypatch):
+    fits = []
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: fits.append(k["desc"]) or
+                        real_fit(*a, **k))
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--quiet"])
+    study = _study(run)
+    complete = _complete(study)
+    assert len(complete) == 4
+    for t in complete:
+        accuracy, flops = t.values
+        assert 0 <= accuracy <= 1 and flops > 0
+        assert {"scheme", "decay"} <= set(t.params)
+        assert t.user_attrs["metrics"]["flops"] == flops
+        assert (run / "trials" / str(t.number) / "model.safetensors").is_file()
+    assert fits.count("reference") == 1
+    assert study.user_attrs["reference"]["accuracy"] > 0
+
+    # The same command again resumes: nothing finished runs again.
+    fits.clear()
+    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--quiet"])
+    assert fits == [] and len(_complete(_study(run))) == 4
+
+    # A larger --trials adds exactly the difference.
+    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--trials", "5", "--quiet"])
+    assert fits.count("reference") == 0 and len(_complete(_study(run))) == 5
+
+
+def test_reuses_svd_training_for_energy_trials(tiny_space, tmp_path):
+    run = tmp_path / "run"
+    space = tiny_space(space={"energy_trials_per_model": 2})
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    trials = _complete(_study(run))
+    reused = [t for t in trials if t.user_attrs["metrics"]["svd_cached"]]
+    assert len(reused) == 2
+    for t in reused:
+        source = t.user_attrs["reuses_training_of"]
+        first = next(s for s in trials if s.number == source)
+        training = {k: v for k, v in first.params.items() if not k.startswith("energy")}
+        assert {k: t.params[k] for k in training} == training
+        assert t.user_attrs["metrics"]["train_time_s"] < first.user_attrs["metrics"]["train_time_s"]
+
+
+def _two_processes(space: Path, run: Path, storage: str | None) -> None:
+    args = [sys.executable, "-m", "ranksearch", "search", str(space), "--run-dir", str(run),
+            "--workers", "2", "--quiet"]
+    env = dict(os.environ)
+    if storage:
+        env[STORAGE_ENV] = storage
+        args += ["--storage", storage]
+    subprocess.run(args, check=True, env=env, timeout=600)
+
+
+def _assert_exact(study: optuna.Study, target: int) -> None:
+    complete = _complete(study)
+    assert len(complete) == target
+    numbers = [t.number for t in complete]
+    assert len(set(numbers)) == len(numbers)
+    # No point was evaluated twice by accident (the queue may repeat training params only).
+    points = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(points)) == len(points)
+
+
+def test_two_workers_exact_count_journal(tiny_space, tmp_path):
+    run = tmp_path / "run"
+    _two_processes(tiny_space(trials=5), run, None)
+    _assert_exact(_study(run), 5)
+
+
+@pytest.mark.skipif(not os.environ.get("RANKSEARCH_TEST_POSTGRES"),
+                    reason="needs RANKSEARCH_TEST_POSTGRES (set by .ci/run, which starts "
+                    "PostgreSQL on loopback)")
+def test_two_workers_exact_count_postgres(tiny_space, tmp_path):
+    url = os.environ["RANKSEARCH_TEST_POSTGRES"]
+    name = f"tiny-pg-{os.getpid()}"
+    run = tmp_path / "run"
+    try:
+        _two_processes(tiny_space(name=name, trials=5), run, url)
+        _assert_exact(_study(run, name, url), 5)
+        password = url.split(":")[2].split("@")[0]
+        for f in run.rglob("*"):
+            if f.is_file():
+                assert password.encode() not in f.read_bytes(), f
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
+
+
+def test_worker_joins_from_run_dir(tiny_space, tmp_path):
+    """A second process joins with `ranksearch worker RUN_DIR`; the count stays exact."""
+    run = tmp_path / "run"
+    space = tiny_space(trials=6)
+    launcher = subprocess.Popen([sys.executable, "-m", "ranksearch", "search", str(space),
+                                 "--run-dir", str(run), "--quiet"])
+    try:
+        # Join once the launcher has created the study.
+        for _ in range(600):
+            if (run / "study.journal").is_file() and (run / "cache" / "reference").is_dir():
+                break
+            launcher.poll()
+            import time
+
+            time.sleep(0.2)
+        subprocess.run([sys.executable, "-m", "ranksearch", "worker", str(run), "--quiet",
+                        "--worker-index", "1"], check=True, timeout=600)
+    finally:
+        assert launcher.wait(timeout=600) == 0
+    _assert_exact(_study(run), 6)
+
+
+def test_status(tiny_space, tmp_path, capsys):
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
+    capsys.readouterr()
+    cli.main(["status", str(run)])
+    out = capsys.readouterr().out
+    assert "2 complete of 2" in out and "Pareto front" in out and "reference: accuracy" in out
