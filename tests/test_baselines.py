@@ -1,0 +1,143 @@
+"""Filter-pruning baselines: FLOPs targets, coupling, untouched inputs, literature points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ranksearch import models
+from ranksearch.baselines import METHODS, TOLERANCE, literature_points, prune_to_flops
+from ranksearch.measure import flops
+
+CIFAR_SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Batch-1 forward passes on a shared 2-core machine are far slower with OpenMP threads
+    # competing with other processes than on one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give the batch-norm scales distinct values, as training does: freshly initialised they
+    are all 1, which no criterion based on them can rank."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.copy_(
+                    0.2 + 0.8 * torch.rand(module.num_features, generator=generator)
+                )
+    return model
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return _trained_like(models.create("resnet20", in_channels=3))
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def _assert_within_target(model: nn.Module, pruned: nn.Module, shape, reduction: float) -> None:
+    achieved = flops(model, shape) / flops(pruned, shape)
+    assert reduction <= achieved < reduction * (1 + TOLERANCE), achieved
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("reduction", [2.0, 4.0])
+@pytest.mark.parametrize("method", METHODS)
+def test_resnet20_reaches_flops_target(resnet20: nn.Module, method: str, reduction: float):
+    before = _snapshot(resnet20)
+    pruned = prune_to_flops(resnet20, CIFAR_SHAPE, method, reduction)
+
+    _assert_within_target(resnet20, pruned, CIFAR_SHAPE, reduction)
+    # The caller's model, running statistics included, and its mode are untouched.
+    assert resnet20.training and pruned.training
+    assert all(torch.equal(before[k], v) for k, v in resnet20.state_dict().items())
+    pruned.eval()
+    with torch.no_grad():
+        out = pruned(torch.randn(2, *CIFAR_SHAPE))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert pruned.fc.out_features == 10
+    assert sum(_widths(pruned).values()) < sum(_widths(resnet20).values())
+    # Plain modules are left behind: no tracing hooks from Torch-Pruning.
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in pruned.modules())
+
+
+@pytest.mark.parametrize("method", ["l1", "slimming"])
+def test_torchvision_resnet18_reaches_flops_target(method: str):
+    torch.manual_seed(0)
+    model = _trained_like(torchvision.models.resnet18(num_classes=10))
+    shape = (3, 64, 64)
+    pruned = prune_to_flops(model, shape, method, 2.0, steps=4)
+
+    _assert_within_target(model, pruned, shape, 2.0)
+    pruned.eval()
+    with torch.no_grad():
+        assert pruned(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_ignored_layers_keep_their_channels(resnet20: nn.Module):
+    pruned = prune_to_flops(
+        resnet20,
+        CIFAR_SHAPE,
+        "l1",
+        2.0,
+        ignored_layers=["layer3.1.conv1", resnet20.layer2[1].conv1],
+    )
+    assert pruned.layer3[1].conv1.out_channels == 64
+    assert pruned.layer2[1].conv1.out_channels == 32
+    _assert_within_target(resnet20, pruned, CIFAR_SHAPE, 2.0)
+
+
+def test_random_method_is_reproducible(resnet20: nn.Module):
+    first = prune_to_flops(resnet20, CIFAR_SHAPE, "random", 2.0, seed=3)
+    second = prune_to_flops(resnet20, CIFAR_SHAPE, "random", 2.0, seed=3)
+    assert _widths(first) == _widths(second)
+
+
+@pytest.mark.parametrize(
+    ("method", "reduction", "message"),
+    [
+        ("taylor", 2.0, "unknown pruning method 'taylor'"),
+        ("l1", 1.0, "reduction must be greater than 1"),
+        ("l1", 0.5, "reduction must be greater than 1"),
+    ],
+)
+def test_bad_arguments(resnet20: nn.Module, method: str, reduction: float, message: str):
+    with pytest.raises(ValueError, match=message) as error:
+        prune_to_flops(resnet20, CIFAR_SHAPE, method, reduction)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_ignored_layer(resnet20: nn.Module):
+    with pytest.raises(ValueError, match="'layer9' is not a module"):
+        prune_to_flops(resnet20, CIFAR_SHAPE, "l1", 2.0, ignored_layers=["layer9"])
+
+
+def test_literature_points_filter_by_model_and_dataset():
+    resnet20_points = literature_points("resnet20", "cifar10")
+    assert sorted(resnet20_points["flops_reduction"]) == [2.17, 2.84]
+    assert set(resnet20_points["base_accuracy"]) == {0.9174}
+    assert sorted(resnet20_points["accuracy"]) == [0.905, 0.9062]
+
+    resnet32_points = literature_points("ResNet32", "CIFAR10")
+    assert sorted(resnet32_points["flops_reduction"]) == [2.2, 3.4]
+    assert ((resnet32_points["accuracy"] > 0) & (resnet32_points["accuracy"] < 1)).all()
+
+    for model, dataset in [("resnet18", "cifar10"), ("resnet20", "cifar100")]:
+        empty = literature_points(model, dataset)
+        assert empty.empty
+        assert list(empty.columns) == list(resnet20_points.columns)
