@@ -28,6 +28,14 @@ __all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "
 MANIFEST = "manifest.json"
 
 
+def _file_mode() -> int:
+    # mkstemp creates files readable by their owner only; give them the mode an ordinary
+    # open() would (0o666 less the umask), so reports and exports can be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class RunDirError(Exception):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
@@ -41,6 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +84,7 @@ def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
