@@ -36,6 +36,10 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+FILE_MODE = _file_mode()
+
+
 class RunDirError(Exception):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
@@ -49,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,7 +88,7 @@ def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
