@@ -89,6 +89,9 @@ class ModelSpec(_Strict):
     num_classes: PositiveInt | None = None
     exclude: list[str] = Field(default_factory=list)
     """fnmatch patterns of layer names to keep dense."""
+    weights: str | None = None
+    """A trained dense model's state dict (``.safetensors``, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)``): the reference is then evaluated, not trained."""
 
 
 class DataSpec(_Strict):

@@ -11,6 +11,7 @@ on an entry, so each is computed once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,18 @@ def dataset(config: cfg.StudyConfig) -> Dataset:
                            d.workers)
 
 
+def _weights_digest(path: str | None) -> str | None:
+    """The content of user-given weights, so that new weights at the same path retrain."""
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def reference_key(config: cfg.StudyConfig) -> str:
     """What determines the dense reference: model, data, schedule and seed."""
     return cfg.settings_key(
         "reference", config.model.model_dump(exclude={"exclude"}), config.data.model_dump(),
+        _weights_digest(config.model.weights),
         config.schedule.reference.key(), config.seed, config.precision,
     )
 
@@ -80,6 +89,17 @@ def measured(model: nn.Module, data: Dataset, config: cfg.StudyConfig) -> dict[s
     return metrics
 
 
+def _user_weights(path: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """A user's trained dense weights, read without unpickling arbitrary objects."""
+    file = Path(path)
+    if not file.is_file():
+        raise cfg.ConfigError(f"model.weights: no such file {path}")
+    if file.suffix == ".safetensors":
+        return load_state(file, device)
+    state = torch.load(file, map_location=device, weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
 def reference(
     config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -94,15 +114,20 @@ def reference(
             model.load_state_dict(load_state(entry.file("model.safetensors"), device))
             return model, read_json(entry.file("metrics.json"))
         entry.prepare()
-        try:
-            result = fit(model, data, config.schedule.reference, seed=config.seed,
-                         precision=config.precision, channels_last=config.channels_last,
-                         desc="reference", progress=progress)
-        except Diverged as err:
-            raise TrialFailed(f"reference {err}") from None
+        if config.model.weights:
+            model.load_state_dict(_user_weights(config.model.weights, device))
+            train_seconds, epochs = 0.0, 0
+        else:
+            try:
+                result = fit(model, data, config.schedule.reference, seed=config.seed,
+                             precision=config.precision, channels_last=config.channels_last,
+                             desc="reference", progress=progress)
+            except Diverged as err:
+                raise TrialFailed(f"reference {err}") from None
+            train_seconds, epochs = result.seconds, result.epochs
         metrics = measured(model, data, config)
-        metrics["train_time_s"] = result.seconds
-        metrics["epochs"] = result.epochs
+        metrics["train_time_s"] = train_seconds
+        metrics["epochs"] = epochs
         save_state(entry.file("model.safetensors"), model.state_dict())
         write_json(entry.file("metrics.json"), metrics)
         entry.seal()
