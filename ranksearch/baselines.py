@@ -346,21 +346,22 @@ def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]
     spec = config.baselines
     if spec is None:
         return []
-    results = []
-    for method in spec.methods:
-        for target in spec.targets:
+    pending = [(m, t) for m in spec.methods for t in spec.targets]
+    # First pass: skip runs another worker holds, so that several workers share the runs;
+    # second pass: wait for those, so that every result exists when this returns.
+    for blocking in (False, True):
+        for method, target in pending:
             folder = run.baseline_dir(method, target)
             result_path = folder / "metrics.json"
-            with CacheEntry(folder).lock():
-                if not result_path.is_file():
+            with CacheEntry(folder).lock(blocking=blocking) as held:
+                if held and not result_path.is_file():
                     metrics = _baseline_run(config, run, method, target, progress)
                     write_json(result_path, metrics)
                     print(f"baseline {method} {target:g}x: accuracy "
                           f"{metrics.get('accuracy', float('nan')):.4f}, "
                           f"{metrics.get('flops_reduction', float('nan')):.2f}x fewer FLOPs",
                           file=sys.stderr, flush=True)
-            results.append(read_json(result_path))
-    return results
+    return [read_json(run.baseline_dir(m, t) / "metrics.json") for m, t in pending]
 
 
 def run_baselines_for_run(run_dir, *, progress: bool = True) -> list[dict[str, Any]]:

@@ -144,15 +144,20 @@ class CacheEntry:
         write_json(self.path / MANIFEST, {"files": files})
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, blocking: bool = True) -> Iterator[bool]:
         """Hold an exclusive lock on this entry, so that concurrent workers compute it once:
-        the first computes while the others wait, then find it valid."""
+        the first computes while the others wait, then find it valid. With
+        ``blocking=False`` it yields False at once when another process holds the lock."""
         lock_path = self.path.with_name(self.path.name + ".lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -54,6 +54,11 @@ def run_search(
                        cpus_per_trial=cpus_per_trial)
     else:
         launch_workers(config, run, url, workers, progress=progress)
+    _run_baselines(config, run, progress)
+
+
+def _run_baselines(config: cfg.StudyConfig, run: RunDir, progress: bool) -> None:
+    """The study's baselines: every worker takes the runs nobody has taken yet."""
     if config.baselines is not None:
         from ..baselines import run_baselines
 
@@ -97,6 +102,7 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
 
             atomic_write_text(run.config_path, cfg.dump(config))
     run_worker(config, run, url, worker=worker, progress=progress)
+    _run_baselines(config, run, progress)
 
 
 def open_run_study(run_dir: str | Path):

@@ -152,6 +152,11 @@ def launch_workers(
     torch.set_num_threads(threads)
     try:
         run_worker(config, run, storage_url, worker=0, progress=progress)
+        if config.baselines is not None:
+            from ..baselines import run_baselines
+
+            # The children run baselines too once the trials are done; share them.
+            run_baselines(config, run, progress=progress)
         for child in children:
             child.wait()
     finally:
