@@ -39,12 +39,12 @@ class Objective:
         self._layer_groups: dict[str, str] | None = None
 
     def layer_groups(self) -> dict[str, str]:
-        """Group of each decomposable layer, from a throw-away decomposed copy of the model."""
+        """Group of each layer that SVD training decomposes."""
         if self._layer_groups is None:
             from ..models import layer_groups
 
             dense = build_model(self.config, dataset(self.config))
-            names = svd.svd_layers(svd.decompose(dense, exclude=tuple(self.config.model.exclude)))
+            names = svd.decomposable(dense, exclude=tuple(self.config.model.exclude))
             groups = layer_groups(dense)
             self._layer_groups = {name: groups.get(name, name) for name in names}
         return self._layer_groups

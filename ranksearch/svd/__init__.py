@@ -1,0 +1,38 @@
+"""SVD training in pure PyTorch: decompose, regularise, prune and compact a network.
+
+Every compressible layer of a model is rewritten as ``W = U · diag(s) · Vᵀ`` and trained in
+that form (:func:`decompose`); the loss adds :func:`orthogonality_loss` and
+:func:`sparsity_loss`; :func:`prune_by_energy` (or :func:`set_ranks`) masks small singular
+values; :func:`compact` turns the result into plain ``torch.nn`` layers of the kept ranks,
+and :func:`build_compact` rebuilds that structure for loading a saved ``state_dict``.
+
+This package imports nothing else of ``ranksearch``.
+"""
+
+from .compact import build_compact, compact, compaction_plan, fold_batchnorm, saves_flops
+from .decompose import decomposable, decompose, summary, svd_layers
+from .layers import DenseConv2d, DenseLinear, SVDConv2d, SVDLayer, SVDLinear
+from .prune import prune_by_energy, set_ranks
+from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
+
+__all__ = [
+    "SPARSITY_KINDS",
+    "DenseConv2d",
+    "DenseLinear",
+    "SVDConv2d",
+    "SVDLayer",
+    "SVDLinear",
+    "build_compact",
+    "compact",
+    "compaction_plan",
+    "decompose",
+    "decomposable",
+    "fold_batchnorm",
+    "orthogonality_loss",
+    "prune_by_energy",
+    "saves_flops",
+    "set_ranks",
+    "sparsity_loss",
+    "summary",
+    "svd_layers",
+]

@@ -1,0 +1,374 @@
+"""Compaction: replace SVD layers by plain ``torch.nn`` layers of the kept rank.
+
+A pruned SVD layer of kept rank k becomes ``nn.Sequential(first, second)``, the two thin
+layers of :meth:`SVDLayer.factor_weights` with the pruned singular directions physically
+removed and ``s`` folded into the factor built from ``U``:
+
+* ``Linear`` n × m: ``Linear(m, k)`` (``Vᵀ``) then ``Linear(k, n)`` (``U · diag(s)``, bias);
+* channel ``Conv2d``: ``Conv2d(c, k, (kh, kw))`` with the original stride, padding and
+  dilation, then ``Conv2d(k, n, 1)`` with the bias;
+* spatial ``Conv2d``: ``Conv2d(c, k, (kh, 1))`` with the vertical stride, padding and
+  dilation, then ``Conv2d(k, n, (1, kw))`` with the horizontal ones and the bias.
+
+Where the pair saves nothing it is multiplied back into one dense layer. The rule
+(``merge="flops"``) compares weights per output position, a FLOPs proxy that does not depend
+on the input size: the pair is kept when
+
+* ``Linear``: k · (m + n) < n · m;
+* channel: k · (c·kh·kw + n) < n · c·kh·kw (exactly the FLOPs ratio);
+* spatial: k · (c·kh + n·kw) < n · c·kh·kw (the parameter ratio; the FLOPs ratio differs
+  slightly for horizontally strided convs, whose vertical conv runs at every input column).
+
+``merge="latency"`` instead times the pair against the dense layer on the CPU at the input
+each layer receives. ``rank_multiple`` rounds kept ranks up (e.g. to 8) for hardware-friendly
+shapes; the extra directions are pruned ones with singular value zero, so the function does
+not change.
+
+:func:`build_compact` rebuilds the same structure from the original dense model, so that a
+compact model's ``state_dict`` can be saved and loaded (``strict=True``) without pickling
+modules. :func:`fold_batchnorm` folds batch norms into the preceding convs for inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+import torch.fx
+from torch import nn
+
+from .decompose import svd_layers
+from .layers import (
+    DenseConv2d,
+    DenseLinear,
+    Scheme,
+    SVDConv2d,
+    SVDLayer,
+    SVDLinear,
+    factored_geometry,
+)
+from .prune import ranked_indices
+
+__all__ = ["compact", "compaction_plan", "build_compact", "fold_batchnorm", "saves_flops"]
+
+Merge = Literal["flops", "latency"]
+Plan = dict[str, int | None]
+
+
+def saves_flops(layer: nn.Module, scheme: Scheme, rank: int) -> bool:
+    """Whether the pair of rank ``rank`` is cheaper than the dense layer (the module
+    docstring's rule). ``layer`` is an ``nn.Linear``/``nn.Conv2d`` or an SVD layer; ``scheme``
+    is ignored for linear layers."""
+    if isinstance(layer, (nn.Linear, SVDLinear)):
+        n, m = layer.out_features, layer.in_features
+        return rank * (m + n) < n * m
+    n, c, (kh, kw) = layer.out_channels, layer.in_channels, layer.kernel_size
+    if scheme == "channel":
+        return rank * (c * kh * kw + n) < n * c * kh * kw
+    return rank * (c * kh + n * kw) < n * c * kh * kw
+
+
+def compaction_plan(
+    model: nn.Module,
+    merge: Merge = "flops",
+    rank_multiple: int = 1,
+    example_input: torch.Tensor | None = None,
+    repeats: int = 20,
+) -> Plan:
+    """The rank each SVD layer keeps in :func:`compact`, or ``None`` where it is merged back.
+
+    Args:
+        model: A model with (pruned) SVD layers; not modified.
+        merge: ``"flops"`` keeps a pair where :func:`saves_flops` says so; ``"latency"``
+            keeps it where it runs faster than the dense layer, both timed on the CPU (best
+            of ``repeats`` runs) on the input the layer receives when ``model`` runs
+            ``example_input``. Give that input the batch size and memory format of the
+            intended deployment.
+        rank_multiple: Round each kept rank up to a multiple of this (capped at the full
+            rank) before deciding.
+        example_input: Required with ``merge="latency"``.
+        repeats: Timing repetitions per layer and variant with ``merge="latency"``.
+
+    Returns:
+        ``{layer name: rank or None}`` for every SVD layer, in module order.
+    """
+    if merge not in ("flops", "latency"):
+        raise ValueError(f"merge must be 'flops' or 'latency', got {merge!r}")
+    if rank_multiple < 1:
+        raise ValueError(f"rank_multiple must be at least 1, got {rank_multiple}")
+    layers = svd_layers(model)
+    ranks = {name: min(layer.full_rank, math.ceil(layer.rank / rank_multiple) * rank_multiple)
+             for name, layer in layers.items()}
+    if merge == "flops":
+        return {name: ranks[name] if saves_flops(layer, _scheme(layer), ranks[name]) else None
+                for name, layer in layers.items()}
+    if example_input is None:
+        raise ValueError("merge='latency' needs an example_input")
+    inputs = _layer_inputs(model, example_input, layers)
+    plan: Plan = {}
+    for name, layer in layers.items():
+        if name not in inputs:  # not reached by this input: nothing to time
+            plan[name] = ranks[name] if saves_flops(layer, _scheme(layer), ranks[name]) else None
+            continue
+        pair = _compact_layer(layer, ranks[name]).cpu()
+        dense = _compact_layer(layer, None).cpu()
+        x = inputs[name].cpu()
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last):
+            pair.to(memory_format=torch.channels_last)
+            dense.to(memory_format=torch.channels_last)
+        pair_seconds, dense_seconds = _best_seconds((pair, dense), x, repeats)
+        plan[name] = ranks[name] if pair_seconds < dense_seconds else None
+    return plan
+
+
+def compact(
+    model: nn.Module,
+    plan: Mapping[str, int | None] | None = None,
+    merge: Merge = "flops",
+    rank_multiple: int = 1,
+    example_input: torch.Tensor | None = None,
+) -> nn.Module:
+    """A deep copy of ``model`` in which every SVD layer is replaced by plain layers.
+
+    Each SVD layer becomes the pair of its planned rank, or one dense ``nn.Conv2d`` /
+    ``nn.Linear`` where the plan says ``None``; layers that :func:`decompose` kept dense
+    become plain ``nn.Conv2d`` / ``nn.Linear`` again. The result computes what ``model``
+    computes with its current masks (up to rounding) and holds only ``torch.nn`` layers.
+
+    Args:
+        model: A model with (pruned) SVD layers; not modified.
+        plan: ``{layer name: rank or None}`` for every SVD layer, e.g. a stored
+            :func:`compaction_plan`; a planned rank must be at least the kept rank (the
+            extra directions get singular value zero). Computed with ``merge``,
+            ``rank_multiple`` and ``example_input`` when not given.
+        merge, rank_multiple, example_input: As in :func:`compaction_plan`.
+    """
+    layers = svd_layers(model)
+    if plan is None:
+        plan = compaction_plan(model, merge, rank_multiple, example_input)
+    if set(plan) != set(layers):
+        difference = sorted(set(plan) ^ set(layers))
+        raise ValueError(f"the plan and the model's SVD layers differ: {difference}")
+    result = copy.deepcopy(model)
+    for name, layer in svd_layers(result).items():
+        rank = plan[name]
+        if rank is not None and not layer.rank <= rank <= layer.full_rank:
+            raise ValueError(f"planned rank {rank} for {name!r} is outside "
+                             f"[{layer.rank}, {layer.full_rank}] (kept rank, full rank)")
+        if not name:  # the model is itself an SVD layer
+            return _compact_layer(layer, rank)
+        result.set_submodule(name, _compact_layer(layer, rank))
+    _unmark_dense(result)
+    return result
+
+
+def build_compact(
+    dense_model: nn.Module, plan: Mapping[str, int | None], scheme: Scheme = "channel"
+) -> nn.Module:
+    """The structure :func:`compact` produces, built from the original dense model.
+
+    ``dense_model`` is the model before :func:`decompose` (any weights), ``plan`` the
+    compact model's :func:`compaction_plan` and ``scheme`` its decomposition scheme. The
+    result has fresh weights and the same ``state_dict`` keys and shapes as the compact
+    model, so that a saved compact ``state_dict`` loads into it with ``strict=True``.
+    """
+    result = copy.deepcopy(dense_model)
+    for name, rank in plan.items():
+        layer = result.get_submodule(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"{name!r} is a {type(layer).__name__}, not a Conv2d or Linear")
+        if rank is not None:
+            result.set_submodule(name, _empty_pair(layer, scheme, rank))
+    _unmark_dense(result)
+    return result
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``BatchNorm2d`` that directly follows a ``Conv2d``
+    folded into that conv and replaced by ``nn.Identity``.
+
+    The fold uses the running statistics, so the result computes the eval-mode function;
+    it is meant for inference and latency measurement (a conv without bias gains one, so
+    the ``state_dict`` keys change). Pairs are found by tracing with :mod:`torch.fx`: a conv
+    whose only user is a batch norm, each called once. A model that cannot be traced folds
+    only convs directly followed by a batch norm inside an ``nn.Sequential``.
+    """
+    result = copy.deepcopy(model)
+    for conv_name, bn_name in _conv_bn_pairs(result):
+        conv = result.get_submodule(conv_name)
+        bn = result.get_submodule(bn_name)
+        if bn.running_mean is None:
+            continue  # no running statistics: normalises with batch statistics even in eval
+        _fold(conv, bn)
+        result.set_submodule(bn_name, nn.Identity())
+    return result
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _scheme(layer: SVDLayer) -> Scheme:
+    return layer.scheme if isinstance(layer, SVDConv2d) else "channel"
+
+
+def _empty_pair(layer: nn.Module, scheme: Scheme, rank: int) -> nn.Sequential:
+    """The two thin plain layers replacing ``layer`` (dense or SVD) at ``rank``, default
+    initialised on the layer's device and dtype."""
+    reference = layer.U if isinstance(layer, SVDLayer) else layer.weight
+    factory = {"device": reference.device, "dtype": reference.dtype}
+    has_bias = layer.bias is not None
+    if isinstance(layer, (nn.Linear, SVDLinear)):
+        return nn.Sequential(nn.Linear(layer.in_features, rank, bias=False, **factory),
+                             nn.Linear(rank, layer.out_features, bias=has_bias, **factory))
+    kh, kw = layer.kernel_size
+    first_geometry, second_geometry = factored_geometry(
+        scheme, tuple(layer.stride), layer.padding, tuple(layer.dilation))
+    first_kernel, second_kernel = ((kh, kw), (1, 1)) if scheme == "channel" else ((kh, 1),
+                                                                                  (1, kw))
+    return nn.Sequential(
+        nn.Conv2d(layer.in_channels, rank, first_kernel, bias=False, **first_geometry,
+                  **factory),
+        nn.Conv2d(rank, layer.out_channels, second_kernel, bias=has_bias, **second_geometry,
+                  **factory),
+    )
+
+
+@torch.no_grad()
+def _compact_layer(layer: SVDLayer, rank: int | None) -> nn.Module:
+    """The plain replacement of ``layer``: the pair of ``rank`` directions (kept ones by
+    decreasing ``|s|``, then pruned ones with singular value zero), or the dense layer."""
+    if rank is None:
+        if isinstance(layer, SVDLinear):
+            dense: nn.Module = nn.Linear(layer.in_features, layer.out_features,
+                                         bias=layer.bias is not None, device=layer.U.device,
+                                         dtype=layer.U.dtype)
+        else:
+            dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                              layer.stride, layer.padding, layer.dilation,
+                              bias=layer.bias is not None, device=layer.U.device,
+                              dtype=layer.U.dtype)
+        dense.weight.copy_(layer.dense_weight())
+        if layer.bias is not None:
+            dense.bias.copy_(layer.bias)
+        return dense
+    pair = _empty_pair(layer, _scheme(layer), rank)
+    first, second = layer.factor_weights(ranked_indices(layer)[:rank])
+    pair[0].weight.copy_(first)
+    pair[1].weight.copy_(second)
+    if layer.bias is not None:
+        pair[1].bias.copy_(layer.bias)
+    return pair
+
+
+def _unmark_dense(model: nn.Module) -> None:
+    """Turn :class:`DenseConv2d` / :class:`DenseLinear` back into the plain classes."""
+    for module in model.modules():
+        if isinstance(module, (DenseConv2d, DenseLinear)):
+            module.__class__ = nn.Conv2d if isinstance(module, DenseConv2d) else nn.Linear
+            module.__dict__.pop("dense_reason", None)
+
+
+@torch.no_grad()
+def _layer_inputs(
+    model: nn.Module, example_input: torch.Tensor, layers: Mapping[str, SVDLayer]
+) -> dict[str, torch.Tensor]:
+    """The input each layer receives when ``model`` runs ``example_input`` in eval mode."""
+    inputs: dict[str, torch.Tensor] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            inputs.setdefault(name, args[0].detach())
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(name)) for name, layer in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
+def _best_seconds(
+    modules: tuple[nn.Module, ...], x: torch.Tensor, repeats: int
+) -> list[float]:
+    """Best-of-``repeats`` CPU time of each module on ``x``; the modules alternate so that
+    load from other processes affects them alike."""
+    best = [math.inf] * len(modules)
+    with torch.inference_mode():
+        for module in modules:
+            module(x)  # warm-up: first calls allocate and pick kernels
+        for _ in range(repeats):
+            for i, module in enumerate(modules):
+                start = time.perf_counter()
+                module(x)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps convolutions, batch norms and SVD layers as single graph nodes."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.BatchNorm2d, SVDLayer)) or super().is_leaf_module(
+            m, module_qualified_name)
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv name, batch norm name) for each batch norm that only normalises a conv."""
+    modules = dict(model.named_modules())
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # tracing fails in many ways (data-dependent control flow, ...)
+        return _sequential_pairs(model)
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and type(modules[source.target]) in (nn.Conv2d, DenseConv2d)
+                and len(source.users) == 1
+                and calls[source.target] == 1 and calls[node.target] == 1):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in itertools.pairwise(children):
+            if type(conv) in (nn.Conv2d, DenseConv2d) and isinstance(bn, nn.BatchNorm2d):
+                prefix = f"{parent_name}." if parent_name else ""
+                pairs.append((prefix + conv_name, prefix + bn_name))
+    return pairs
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale = scale * bn.weight
+        shift = shift * bn.weight + bn.bias
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(shift.clone())
+    else:
+        conv.bias.copy_(conv.bias * scale + shift)
