@@ -221,12 +221,13 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
         if last is None or now - last < grace_s:
             continue
         try:
+            # The reason goes first: a finished trial takes no more attributes.
+            study._storage.set_trial_user_attr(
+                t._trial_id, "fail_reason", "worker stopped (no heartbeat); parameters requeued")
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except Exception:
             continue  # another worker got there first, or the trial just finished
-        study._storage.set_trial_user_attr(
-            t._trial_id, "fail_reason", "worker stopped (no heartbeat); parameters requeued")
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
                             skip_if_exists=False)
         failed += 1
