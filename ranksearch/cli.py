@@ -220,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    import signal
+
     import optuna
+
+    # SIGTERM (a scheduler's stop, a dying launcher's death signal to its workers) acts as
+    # Ctrl-C: the running trial is given back (failed, parameters requeued) at once, rather
+    # than discovered dead after the heartbeat grace period.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)

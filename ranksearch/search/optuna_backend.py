@@ -103,8 +103,11 @@ def run_worker(
     worker completed."""
     constraints = (config.constraints.max_flops is not None
                    or config.constraints.min_accuracy is not None)
-    sampler = make_sampler(config.sampler, constraints, worker)
-    study = load_study(open_storage(storage_url), config.name, sampler=sampler)
+    study = load_study(open_storage(storage_url), config.name)
+    # Offset the seed by the trials already there, or a resumed worker would replay the same
+    # startup points as its previous run.
+    study.sampler = make_sampler(config.sampler, constraints,
+                                 worker + len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
     done = 0
     while True:
@@ -129,6 +132,16 @@ def run_worker(
         log(_describe(trial.number, outcome.metrics))
 
 
+def _die_with_parent() -> None:
+    """In a child, before exec: ask Linux for SIGTERM when the launcher dies, even by
+    SIGKILL, so that no orphaned worker outlives the command that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def launch_workers(
     config: cfg.StudyConfig, run: RunDir, storage_url: str, workers: int, *, progress: bool
 ) -> None:
@@ -143,7 +156,7 @@ def launch_workers(
         subprocess.Popen(
             [sys.executable, "-m", "ranksearch", "worker", str(run.path),
              "--worker-index", str(i), "--quiet"],
-            env=env, start_new_session=True,
+            env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         for i in range(1, workers)
     ]

@@ -29,8 +29,9 @@ __all__ = [
 STORAGE_ENV = "RANKSEARCH_STORAGE"
 """Environment variable through which a launcher hands a storage URL to its worker processes,
 so that a password never appears on a command line or in a file."""
-HEARTBEAT_S = 10.0
-GRACE_S = 60.0
+GRACE_S = float(os.environ.get("RANKSEARCH_HEARTBEAT_GRACE", "60"))
+"""Seconds without a heartbeat after which a running trial counts as dead (tests shorten it)."""
+HEARTBEAT_S = GRACE_S / 6
 HEARTBEAT_ATTR = "ranksearch:heartbeat"
 
 
