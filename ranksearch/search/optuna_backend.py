@@ -37,6 +37,7 @@ __all__ = ["run_worker", "launch_workers", "TARGET_ATTR"]
 
 TARGET_ATTR = "n_trials"
 POLL_S = 2.0
+MAX_RESTARTS = 5
 
 
 def log(message: str) -> None:
@@ -145,38 +146,51 @@ def _die_with_parent() -> None:
 def launch_workers(
     config: cfg.StudyConfig, run: RunDir, storage_url: str, workers: int, *, progress: bool
 ) -> None:
-    """Run ``workers`` workers on this host: this process and ``workers - 1`` children.
+    """Run ``workers`` workers on this host.
 
-    Children get the storage URL through the environment, never the command line; each gets
-    an equal share of the CPU threads. Ctrl-C or an error here stops every child.
+    One worker runs in this process. Several run as supervised child processes, so that one
+    that dies (a crash in native code, the out-of-memory killer) is restarted while the
+    others go on; its running trial is failed and requeued by the heartbeat check. Children
+    get the storage URL through the environment, never the command line, and an equal share
+    of the CPU threads; each also takes its share of the baselines once the trials are done.
+    Ctrl-C or an error here stops every child.
     """
+    if workers == 1:
+        run_worker(config, run, storage_url, worker=0, progress=progress)
+        return
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, STORAGE_ENV: storage_url, "OMP_NUM_THREADS": str(threads)}
-    children = [
-        subprocess.Popen(
+
+    def start(index: int) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "ranksearch", "worker", str(run.path),
-             "--worker-index", str(i), "--quiet"],
+             "--worker-index", str(index), "--quiet"],
             env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
-        for i in range(1, workers)
-    ]
-    import torch
 
-    torch.set_num_threads(threads)
+    children = {i: start(i) for i in range(workers)}
+    restarts = 0
     try:
-        run_worker(config, run, storage_url, worker=0, progress=progress)
-        if config.baselines is not None:
-            from ..baselines import run_baselines
-
-            # The children run baselines too once the trials are done; share them.
-            run_baselines(config, run, progress=progress)
-        for child in children:
-            child.wait()
+        while children:
+            for index, child in list(children.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del children[index]
+                if code != 0 and restarts < MAX_RESTARTS:
+                    restarts += 1
+                    log(f"worker {index} exited with code {code}; restarting it "
+                        f"({restarts} of at most {MAX_RESTARTS} restarts)")
+                    children[index] = start(index)
+                elif code != 0:
+                    raise RuntimeError(f"worker {index} exited with code {code} after "
+                                       f"{MAX_RESTARTS} restarts; see the messages above")
+            time.sleep(0.5)
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGINT)
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
