@@ -23,11 +23,13 @@ class CLIError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
+    from .export import ExportError
     from .models import ModelError
     from .runs import RunDirError
     from .search.study import StorageError
 
-    return (CLIError, ConfigError, DataError, ModelError, RunDirError, StorageError)
+    return (CLIError, ConfigError, DataError, ExportError, ModelError, RunDirError,
+            StorageError)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""Baselines inside a run directory: stored once, loaded by the report, resumable."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from ranksearch import cli, config
+from ranksearch.report.pareto import trials_frame
+from ranksearch.runs import RunDir, atomic_write_text
+from ranksearch.search import open_run_study
+
+
+def test_two_methods_two_targets(tiny_space, tmp_path):
+    space = tiny_space(trials=1, baselines={"methods": ["l1", "fpgm"], "targets": [2, 3]})
+    run = tmp_path / "run"
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    results = RunDir(run).baseline_results()
+    assert sorted((r["method"], r["target"]) for r in results) == [
+        ("fpgm", 2), ("fpgm", 3), ("l1", 2), ("l1", 3)]
+    for r in results:
+        assert abs(r["flops_reduction"] / r["target"] - 1) < 0.05
+        assert r["epochs"] == 2  # one SVD trial's budget: 1 SVD-training + 1 fine-tuning epoch
+    _, _, study = open_run_study(run)
+    frame = trials_frame(study, run)
+    assert (frame["kind"].str.startswith("baseline:")).sum() == 4
+
+
+def test_killed_baseline_is_completed_not_duplicated(tiny_space, tmp_path):
+    space = tiny_space(trials=1, baselines={"methods": ["l1"], "targets": [2, 3, 4]})
+    run = RunDir(tmp_path / "run").create()
+    atomic_write_text(run.config_path, config.dump(config.load(space)))
+    proc = subprocess.Popen([sys.executable, "-m", "ranksearch", "baselines", str(run.path),
+                             "--quiet"])
+    first = run.baseline_dir("l1", 2) / "metrics.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not first.is_file():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = first.stat().st_mtime_ns
+    cli.main(["baselines", str(run.path), "--quiet"])
+    assert first.stat().st_mtime_ns == stamp  # the finished run was not redone
+    assert len(run.baseline_results()) == 3

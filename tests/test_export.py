@@ -1,0 +1,87 @@
+"""Export a trial, load it without pickle, run it in ONNX Runtime, and rerun it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ranksearch import cli, export, load
+from ranksearch.runs import read_json
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 3-trial digits study (shared by the tests of this file)."""
+    from tests.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("export")
+    space = tmp / "space.yaml"
+    config = {**TINY, "trials": 3,
+              "space": {**TINY["space"], "energy": {"l1": {"low": 0.2, "high": 0.4},
+                                                    "hoyer": {"low": 0.2, "high": 0.4}}}}
+    space.write_text(yaml.safe_dump(config))
+    cli.main(["search", str(space), "--run-dir", str(tmp / "run"), "--quiet"])
+    return tmp / "run"
+
+
+def test_export_load_onnx_and_train(finished_run, tmp_path, capsys):
+    out = tmp_path / "best"
+    number = 0
+    cli.main(["export", str(finished_run), "--trial", str(number), "--out", str(out)])
+    for name in ("config.yaml", "plan.json", "model.safetensors", "model.onnx", "README.md"):
+        assert (out / name).is_file(), name
+    trial_metrics = read_json(finished_run / "trials" / str(number) / "metrics.json")
+
+    # Loading rebuilds the same compact model: identical outputs to the trial's own files.
+    model = load(out)
+    reference = export.load(finished_run / "trials" / str(number))
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    leaves = [m for m in model.modules() if not list(m.children())]
+    assert all(type(m).__module__.startswith("torch.nn") for m in leaves)  # plain layers
+
+    # ONNX Runtime gives the same outputs within 1e-4.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    (onnx_out,) = session.run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(onnx_out, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+    # `ranksearch train config.yaml` reproduces the trial's FLOPs and ranks.
+    capsys.readouterr()
+    cli.main(["train", str(out / "config.yaml"), "--run-dir", str(finished_run), "--out",
+              str(tmp_path / "again"), "--quiet"])
+    again = read_json(tmp_path / "again" / "metrics.json")
+    assert again["ranks"] == trial_metrics["ranks"]
+    assert again["flops"] == trial_metrics["flops"]
+
+
+def test_selection_rules(finished_run, tmp_path, capsys):
+    cli.main(["export", str(finished_run), "--min-accuracy", "0", "--out", str(tmp_path / "a")])
+    cli.main(["export", str(finished_run), "--max-flops", "1x", "--out", str(tmp_path / "b")])
+    fewest = read_json(tmp_path / "a" / "plan.json")
+    most_accurate = read_json(tmp_path / "b" / "plan.json")
+    assert fewest["plan"] and most_accurate["plan"]
+    assert (tmp_path / "a" / "model.onnx").is_file() and (tmp_path / "b" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-accuracy", "0.9999"], "no front point reaches accuracy 0.9999; the closest: trial"),
+    (["--max-flops", "1000x"], "no front point has at most"),
+    (["--max-flops", "lots"], "--max-flops: expected FLOPs"),
+    (["--trial", "99"], "--trial 99: no such trial"),
+])
+def test_nothing_qualifies(finished_run, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(finished_run), *args, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_load_rejects_a_folder_that_is_not_an_export(tmp_path):
+    with pytest.raises(export.ExportError, match="not an export folder"):
+        load(tmp_path)
