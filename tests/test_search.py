@@ -27,13 +27,14 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def test_four_trial_study(tiny_space, tmp_path, monkeypatch):
+def test_four_trial_study(tiny_space, tmp_path, monkeypatch, capsys):
     fits = []
     real_fit = pipeline.fit
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: fits.append(k["desc"]) or
                         real_fit(*a, **k))
     run = tmp_path / "run"
-    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--quiet"])
+    space = tiny_space(space={"energy_trials_per_model": 2})
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
     study = _study(run)
     complete = _complete(study)
     assert len(complete) == 4
@@ -46,29 +47,28 @@ def test_four_trial_study(tiny_space, tmp_path, monkeypatch):
     assert fits.count("reference") == 1
     assert study.user_attrs["reference"]["accuracy"] > 0
 
+    # Trials after the first of each SVD-trained model reuse it: same training parameters,
+    # only pruning and fine-tuning.
+    reused = [t for t in complete if t.user_attrs["metrics"]["svd_cached"]]
+    assert len(reused) == 2 and fits.count("svd-train") == 2
+    for t in reused:
+        first = next(s for s in complete if s.number == t.user_attrs["reuses_training_of"])
+        training = {k: v for k, v in first.params.items() if not k.startswith("energy")}
+        assert {k: t.params[k] for k in training} == training
+
+    capsys.readouterr()
+    cli.main(["status", str(run)])
+    out = capsys.readouterr().out
+    assert "4 complete of 4" in out and "Pareto front" in out and "reference: accuracy" in out
+
     # The same command again resumes: nothing finished runs again.
     fits.clear()
-    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--quiet"])
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
     assert fits == [] and len(_complete(_study(run))) == 4
 
     # A larger --trials adds exactly the difference.
-    cli.main(["search", str(tiny_space()), "--run-dir", str(run), "--trials", "5", "--quiet"])
+    cli.main(["search", str(space), "--run-dir", str(run), "--trials", "5", "--quiet"])
     assert fits.count("reference") == 0 and len(_complete(_study(run))) == 5
-
-
-def test_reuses_svd_training_for_energy_trials(tiny_space, tmp_path):
-    run = tmp_path / "run"
-    space = tiny_space(space={"energy_trials_per_model": 2})
-    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
-    trials = _complete(_study(run))
-    reused = [t for t in trials if t.user_attrs["metrics"]["svd_cached"]]
-    assert len(reused) == 2
-    for t in reused:
-        source = t.user_attrs["reuses_training_of"]
-        first = next(s for s in trials if s.number == source)
-        training = {k: v for k, v in first.params.items() if not k.startswith("energy")}
-        assert {k: t.params[k] for k in training} == training
-        assert t.user_attrs["metrics"]["train_time_s"] < first.user_attrs["metrics"]["train_time_s"]
 
 
 def _two_processes(space: Path, run: Path, storage: str | None) -> None:
@@ -89,12 +89,6 @@ def _assert_exact(study: optuna.Study, target: int) -> None:
     # No point was evaluated twice by accident (the queue may repeat training params only).
     points = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(points)) == len(points)
-
-
-def test_two_workers_exact_count_journal(tiny_space, tmp_path):
-    run = tmp_path / "run"
-    _two_processes(tiny_space(trials=5), run, None)
-    _assert_exact(_study(run), 5)
 
 
 @pytest.mark.skipif(not os.environ.get("RANKSEARCH_TEST_POSTGRES"),
@@ -135,12 +129,3 @@ def test_worker_joins_from_run_dir(tiny_space, tmp_path):
     finally:
         assert launcher.wait(timeout=600) == 0
     _assert_exact(_study(run), 6)
-
-
-def test_status(tiny_space, tmp_path, capsys):
-    run = tmp_path / "run"
-    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
-    capsys.readouterr()
-    cli.main(["status", str(run)])
-    out = capsys.readouterr().out
-    assert "2 complete of 2" in out and "Pareto front" in out and "reference: accuracy" in out
