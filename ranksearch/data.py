@@ -654,6 +654,10 @@ def load(
     }
     if key == "digits":
         return _load_digits(**split_args)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        # A folder the user named explicitly must exist: falling back to another copy (e.g.
+        # Debian's Fashion-MNIST) would silently train on data the user did not ask for.
+        raise DataError(f"data directory {data_dir} does not exist (data.dir or --data-dir)")
     if key == "fashion-mnist":
         return _load_fashion_mnist(data_dir, **split_args)
     if key in ("cifar10", "cifar100"):

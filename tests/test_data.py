@@ -353,6 +353,7 @@ def test_imagenet_augmentation_independent_of_workers(fake_imagenet) -> None:
 def test_missing_fashion_names_every_place(tmp_path, monkeypatch) -> None:
     system = tmp_path / "system-fashion"
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as info:
         load("fashion-mnist", data_dir=tmp_path / "mine")
     message = str(info.value)
@@ -360,6 +361,12 @@ def test_missing_fashion_names_every_place(tmp_path, monkeypatch) -> None:
     for place in (tmp_path / "mine", tmp_path / "mine" / "FashionMNIST" / "raw", system):
         assert str(place) in message
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_named_folder_must_exist(tmp_path) -> None:
+    """No silent fallback to another copy (Debian's) when the named folder is wrong."""
+    with pytest.raises(DataError, match="does not exist"):
+        load("fashion-mnist", data_dir=tmp_path / "typo")
 
 
 @pytest.mark.parametrize(
