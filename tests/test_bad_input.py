@@ -36,9 +36,9 @@ def test_corpus_is_large_enough():
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_malformed_space_fails_fast(path: Path, tmp_path: Path, capsys, monkeypatch):
     # Training must never start: make any attempt blow up loudly.
-    import ranksearch.train
+    import ranksearch.pipeline
 
-    monkeypatch.setattr(ranksearch.train, "fit", _no_training)
+    monkeypatch.setattr(ranksearch.pipeline, "fit", _no_training)
     code, err = run_cli(["search", str(path), "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 2
     lines = err.strip().splitlines()
