@@ -74,7 +74,14 @@ def open_storage(url: str) -> BaseStorage:
     except StorageError:
         raise
     except ImportError as err:
-        raise StorageError(f"{shown}: a driver is missing ({err.name}); install it with pip") \
+        # Optuna reports any failure to connect as an ImportError; the cause says what it was.
+        cause = err.__cause__ or err.__context__ or err
+        missing = getattr(cause, "name", None) or err.name
+        if missing:
+            raise StorageError(f"{shown}: the database driver {missing!r} is missing; install "
+                               f"it with pip (e.g. pip install 'ranksearch[postgres]')") from None
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise StorageError(f"{shown}: cannot open the storage ({cfg.mask_url(reason)})") \
             from None
     except Exception as err:  # SQLAlchemy and Redis raise many types; the user needs one line
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
