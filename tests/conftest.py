@@ -48,8 +48,8 @@ def tiny_space(tmp_path: Path):
     """Write a tiny digits search space (with overrides; None removes a key) and return its
     path."""
 
-    def make(name: str = "space.yaml", **overrides) -> Path:
-        path = tmp_path / name
+    def make(filename: str = "space.yaml", **overrides) -> Path:
+        path = tmp_path / filename
         path.write_text(yaml.safe_dump(_merge(TINY, overrides), sort_keys=False))
         return path
 
