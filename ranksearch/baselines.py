@@ -38,17 +38,15 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from importlib import resources
 from typing import Any
 
-import pandas as pd
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from ranksearch.measure import flops
 
-__all__ = ["METHODS", "TOLERANCE", "literature_points", "prune_to_flops", "run_baselines",
+__all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "run_baselines",
            "run_baselines_for_run"]
 
 logger = logging.getLogger(__name__)
@@ -284,22 +282,6 @@ def prune_to_flops(
         pruner.current_step,
     )
     return pruned
-
-
-def literature_points(model: str, dataset: str) -> pd.DataFrame:
-    """Published reference points for ``model`` on ``dataset`` (empty when there are none).
-
-    Read from the packaged ``literature.csv``: columns ``model``, ``dataset``, ``method``,
-    ``base_accuracy`` and ``accuracy`` (top-1, fractions 0–1: the quoted dense and compressed
-    accuracies), ``flops_reduction`` (dense FLOPs / compressed FLOPs, as quoted) and
-    ``source``. Names compare case-insensitively, e.g. ``("resnet20", "cifar10")``.
-    """
-    with resources.files("ranksearch").joinpath("literature.csv").open("r") as handle:
-        table = pd.read_csv(handle)
-    matches = (table["model"].str.lower() == model.lower()) & (
-        table["dataset"].str.lower() == dataset.lower()
-    )
-    return table[matches].reset_index(drop=True)
 
 
 # --- equal-budget runs in a run directory ----------------------------------------------------

@@ -12,24 +12,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 
 EXIT_USAGE = 2
 
 
-class CLIError(Exception):
-    """A user error; its message is printed as one line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data import DataError
-    from .export import ExportError
-    from .models import ModelError
-    from .runs import RunDirError
-    from .search.study import StorageError
-
-    return (CLIError, ConfigError, DataError, ExportError, ModelError, RunDirError,
-            StorageError)
+class CLIError(UserError):
+    """A user error found by the command line itself."""
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -233,10 +222,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    errors = _user_errors()
     try:
         args.func(args)
-    except errors as err:
+    except UserError as err:
         print(f"ranksearch: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

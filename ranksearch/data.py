@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
+from .errors import UserError
+
 __all__ = ["DATASETS", "DataError", "Dataset", "InMemoryDataset", "ImageFolderDataset", "load"]
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagenet")
@@ -77,7 +79,7 @@ _FASHION_FILES = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset that is unknown, missing or malformed; the message is one line."""
 
 

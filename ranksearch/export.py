@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from . import models, svd
-from .measure import FLOPS_CONVENTION
+from .conventions import FLOPS_CONVENTION
+from .errors import UserError
 from .runs import atomic_write_text, load_state, read_json
 
 __all__ = ["ExportError", "select_trial", "export_run", "export_trial", "load"]
@@ -27,7 +28,7 @@ __all__ = ["ExportError", "select_trial", "export_run", "export_trial", "load"]
 FILES = ("config.yaml", "plan.json", "model.safetensors")
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """Nothing to export, or a folder that is not an export; one line for the user."""
 
 

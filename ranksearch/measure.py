@@ -18,12 +18,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["flops", "params", "latency"]
+from .conventions import FLOPS_CONVENTION
 
-FLOPS_CONVENTION = (
-    "FLOPs = 2 x multiply-accumulates of convolutions and matrix products, counted by "
-    "torch.utils.flop_counter.FlopCounterMode for one input (batch size 1)"
-)
+__all__ = ["FLOPS_CONVENTION", "flops", "params", "latency"]
+
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:

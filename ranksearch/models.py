@@ -38,6 +38,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import UserError
+
 __all__ = ["ModelError", "CIFAR_RESNET_DEPTHS", "available", "create", "layer_groups"]
 
 CIFAR_RESNET_DEPTHS = {
@@ -52,7 +54,7 @@ CIFAR_RESNET_DEPTHS = {
 MAX_SEQUENTIAL_GROUPS = 4
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model name that cannot be built; the message is one line."""
 
 

@@ -17,10 +17,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "write_json",
            "read_json", "save_state", "load_state", "CacheEntry"]
@@ -40,7 +43,7 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-class RunDirError(Exception):
+class RunDirError(UserError):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
 
@@ -82,6 +85,8 @@ def read_json(path: Path) -> Any:
 
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors, atomically (no pickle)."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -97,6 +102,8 @@ def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
 
 def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors state dict (nothing is unpickled)."""
+    from safetensors.torch import load_file
+
     return load_file(str(path), device=str(device))
 
 

@@ -108,3 +108,10 @@ def test_real_process_prints_one_line(tmp_path):
         f"ranksearch: error: {BAD / 'low_above_high.yaml'}: space.lambda_o: low (2) must not "
         "exceed high (1)"
     ]
+
+
+def test_gp_on_a_large_study_warns(tiny_space):
+    from ranksearch import config as cfg
+
+    with pytest.warns(UserWarning, match="sampler gp with 1000 trials"):
+        cfg.load(tiny_space(sampler={"name": "gp"}, trials=1000))

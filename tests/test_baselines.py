@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ranksearch import models
-from ranksearch.baselines import METHODS, TOLERANCE, literature_points, prune_to_flops
+from ranksearch import literature, models
+from ranksearch.baselines import METHODS, TOLERANCE, prune_to_flops
 from ranksearch.measure import flops
 
 CIFAR_SHAPE = (3, 32, 32)
@@ -128,16 +128,16 @@ def test_unknown_ignored_layer(resnet20: nn.Module):
 
 
 def test_literature_points_filter_by_model_and_dataset():
-    resnet20_points = literature_points("resnet20", "cifar10")
+    resnet20_points = literature.points("resnet20", "cifar10")
     assert sorted(resnet20_points["flops_reduction"]) == [2.17, 2.84]
     assert set(resnet20_points["base_accuracy"]) == {0.9174}
     assert sorted(resnet20_points["accuracy"]) == [0.905, 0.9062]
 
-    resnet32_points = literature_points("ResNet32", "CIFAR10")
+    resnet32_points = literature.points("ResNet32", "CIFAR10")
     assert sorted(resnet32_points["flops_reduction"]) == [2.2, 3.4]
     assert ((resnet32_points["accuracy"] > 0) & (resnet32_points["accuracy"] < 1)).all()
 
     for model, dataset in [("resnet18", "cifar10"), ("resnet20", "cifar100")]:
-        empty = literature_points(model, dataset)
+        empty = literature.points(model, dataset)
         assert empty.empty
         assert list(empty.columns) == list(resnet20_points.columns)

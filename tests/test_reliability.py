@@ -137,3 +137,36 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tiny_space, tmp_path
     listed = trials[(trials["kind"] == "svd") & (trials["state"] == "FAIL")]
     assert sorted(listed["number"]) == sorted(t.number for t in failed)
     assert set(front["state"]) == {"COMPLETE"}
+
+
+def test_journal_heartbeats_are_files_and_stale_trials_are_requeued(tmp_path):
+    """On a journal the beats are file times, not journal lines; a trial whose beat is older
+    than the grace period is failed with a reason and its parameters requeued."""
+    from ranksearch.search.study import (
+        GRACE_S,
+        Heartbeat,
+        fail_stale_trials,
+        heartbeat_folder,
+        open_storage,
+    )
+
+    url = str(tmp_path / "study.journal")
+    study = optuna.create_study(storage=open_storage(url), directions=["maximize"])
+    folder = heartbeat_folder(url)
+    assert folder == tmp_path / "heartbeats" and heartbeat_folder("sqlite:///x.db") is None
+    alive, dead = study.ask(), study.ask()
+    for trial in (alive, dead):
+        trial.suggest_float("x", 0, 1)
+        with Heartbeat(study, trial._trial_id, folder):
+            pass
+    old = time.time() - GRACE_S - 1
+    os.utime(folder / str(dead._trial_id), (old, old))
+
+    assert fail_stale_trials(study, study.get_trials(), folder=folder) == 1
+    states = {t.number: t for t in study.get_trials()}
+    assert states[alive.number].state == optuna.trial.TrialState.RUNNING
+    assert states[dead.number].state == optuna.trial.TrialState.FAIL
+    assert "no heartbeat" in states[dead.number].user_attrs["fail_reason"]
+    requeued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in requeued] == [dead.params]
+    assert b"ranksearch:heartbeat" not in (tmp_path / "study.journal").read_bytes()

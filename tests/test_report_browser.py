@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -114,8 +113,8 @@ def write_baselines(run_dir: Path) -> None:
 @pytest.fixture()
 def quoted(monkeypatch: pytest.MonkeyPatch) -> None:
     """Quoted literature points, independent of what ranksearch.baselines ships."""
-    fake = types.ModuleType("ranksearch.baselines")
-    fake.literature_points = lambda model, dataset: pd.DataFrame(  # type: ignore[attr-defined]
+    fake = types.ModuleType("ranksearch.literature")
+    fake.points = lambda model, dataset: pd.DataFrame(  # type: ignore[attr-defined]
         {
             "model": [model, model],
             "dataset": [dataset, dataset],
@@ -126,7 +125,7 @@ def quoted(monkeypatch: pytest.MonkeyPatch) -> None:
             "source": ["Trained Rank Pruning README", "Trained Rank Pruning README"],
         }
     )
-    monkeypatch.setitem(sys.modules, "ranksearch.baselines", fake)
+    monkeypatch.setattr("ranksearch.report.html.literature", fake)
 
 
 def open_in_chromium(index: Path, tmp_path: Path, *, webgl: bool) -> tuple[dict, str, list[str]]:

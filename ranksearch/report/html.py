@@ -22,7 +22,8 @@ import plotly.io as pio
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ranksearch.measure import FLOPS_CONVENTION
+from ranksearch import literature
+from ranksearch.conventions import FLOPS_CONVENTION
 from ranksearch.report.pareto import (
     eligible_mask,
     hypervolume_history,
@@ -103,15 +104,10 @@ def _model_and_dataset(study: optuna.Study, run_dir: Path | None) -> tuple[str |
 
 
 def _literature(model: str | None, dataset: str | None) -> pd.DataFrame:
-    """Published points for ``model`` on ``dataset`` (empty when none apply or the baselines
-    module is not available)."""
+    """Published points for ``model`` on ``dataset`` (empty when none apply)."""
     if not model or not dataset:
         return pd.DataFrame()
-    try:
-        from ranksearch.baselines import literature_points
-    except ImportError:
-        return pd.DataFrame()
-    return literature_points(model, dataset)
+    return literature.points(model, dataset)
 
 
 # ---------------------------------------------------------------------------------------------

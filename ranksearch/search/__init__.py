@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 
 from .. import config as cfg
-from .. import pipeline
 from ..runs import RunDir, RunDirError
-from .optuna_backend import TARGET_ATTR, launch_workers, run_worker
 from .study import (
     STORAGE_ENV,
+    TARGET_ATTR,
     StorageError,
     counts,
     create_study,
@@ -35,6 +34,11 @@ def run_search(
 ) -> None:
     """Start or resume the study of ``config`` in ``run`` until it holds ``config.trials``
     complete trials, then run the baselines the config asks for."""
+    # The training stack (torch, the backends) is imported here, not at module level: status,
+    # the report and export read studies without it and start in a fraction of the time.
+    from .. import pipeline
+    from .optuna_backend import launch_workers
+
     if workers < 1:
         raise cfg.ConfigError(f"--workers: expected a positive number, got {workers}")
     url = storage_url(run, config.storage)
@@ -84,6 +88,8 @@ def run_storage_url(run: RunDir) -> str:
 def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
                progress: bool = True) -> None:
     """Join a study as one more worker: ``target`` is a run directory or a storage URL."""
+    from .optuna_backend import run_worker
+
     if Path(target).is_dir():
         run = RunDir(target).require_existing()
         config = cfg.load(run.config_path)

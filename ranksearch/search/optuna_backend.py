@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -25,17 +26,18 @@ from ..runs import RunDir
 from .objective import Objective
 from .study import (
     STORAGE_ENV,
+    TARGET_ATTR,
     Heartbeat,
     counts,
     fail_stale_trials,
+    heartbeat_folder,
     load_study,
     make_sampler,
     open_storage,
 )
 
-__all__ = ["run_worker", "launch_workers", "TARGET_ATTR"]
+__all__ = ["run_worker", "launch_workers"]
 
-TARGET_ATTR = "n_trials"
 POLL_S = 2.0
 MAX_RESTARTS = 5
 
@@ -62,13 +64,14 @@ def _describe(number: int, metrics: dict) -> str:
             + ("  [reused SVD training]" if metrics.get("svd_cached") else ""))
 
 
-def _next_trial(study: optuna.Study, run: RunDir) -> optuna.Trial | None | bool:
+def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
+                ) -> optuna.Trial | None | bool:
     """Ask for a trial if the study still needs one: the trial, None (wait: others' running
     trials may finish it), or False (the study is done)."""
     with _ask_lock(run):
         target = study.user_attrs.get(TARGET_ATTR, 0)
         trials = study.get_trials(deepcopy=False)
-        if fail_stale_trials(study, trials):
+        if fail_stale_trials(study, trials, folder=beats):
             trials = study.get_trials(deepcopy=False)
         c = counts(trials)
         if c["COMPLETE"] >= target:
@@ -110,16 +113,17 @@ def run_worker(
     study.sampler = make_sampler(config.sampler, constraints,
                                  worker + len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
+    beats = heartbeat_folder(storage_url)
     done = 0
     while True:
-        trial = _next_trial(study, run)
+        trial = _next_trial(study, run, beats)
         if trial is False:
             return done
         if trial is None:
             time.sleep(POLL_S)
             continue
         try:
-            with Heartbeat(study, trial._trial_id):
+            with Heartbeat(study, trial._trial_id, beats):
                 outcome = objective(trial)
         except KeyboardInterrupt:
             _give_back(study, trial, "interrupted; parameters requeued")

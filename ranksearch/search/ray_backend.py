@@ -44,9 +44,18 @@ from ray.tune.search.optuna import OptunaSearch
 from .. import config as cfg
 from ..runs import RunDir
 from .objective import Objective
-from .optuna_backend import TARGET_ATTR, _describe, log
+from .optuna_backend import _describe, log
 from .space import suggest
-from .study import Heartbeat, counts, fail_stale_trials, load_study, make_sampler, open_storage
+from .study import (
+    TARGET_ATTR,
+    Heartbeat,
+    counts,
+    fail_stale_trials,
+    heartbeat_folder,
+    load_study,
+    make_sampler,
+    open_storage,
+)
 
 __all__ = ["run_ray_search", "EXPERIMENT"]
 
@@ -108,7 +117,7 @@ def run_ray_search(
             _fit(tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
                                     resume_errored=False))
         # Trials of a run killed before Ray saved its state: requeue their parameters.
-        fail_stale_trials(study, study.get_trials(deepcopy=False))
+        fail_stale_trials(study, study.get_trials(deepcopy=False), folder=heartbeat_folder(url))
         # One sampler for every round, so that its random draws go on rather than repeat; its
         # seed is offset by the trials already in the study, so a resumed search draws anew.
         sampler = make_sampler(config.sampler, _has_constraints(config),
@@ -150,16 +159,21 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
     """The Ray function trainable: runs :class:`Objective` on the Optuna trial that the
     searcher asked for, and reports its objective values."""
     metric_names = _metrics(config)
-    objective: Objective | None = None  # one per worker process, reused by its trials
+    # One of each per worker process, reused by its trials. The storage stays open so that a
+    # journal is read on from where the last trial left it instead of replayed from the start,
+    # and an RDB storage keeps its connection pool.
+    objective: Objective | None = None
+    storage: BaseStorage | None = None
 
     def ranksearch_trial(ray_config: dict[str, Any]) -> None:
         import torch
 
-        nonlocal objective
+        nonlocal objective, storage
         if objective is None:
             objective = Objective(config, RunDir(run_path), progress=False)
+        if storage is None:
+            storage = open_storage(url)
         torch.set_num_threads(threads)
-        storage = open_storage(url)
         # Every parameter is already set on the trial, so the sampler never samples.
         study = load_study(storage, config.name, sampler=optuna.samplers.RandomSampler())
         trial_id = ray_config[TRIAL_ID_KEY]
@@ -169,7 +183,7 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
             return _report_failure(metric_names, f"Optuna trial {ray_config[NUMBER_KEY]} is "
                                    f"{state.name} already; not run again")
         trial = optuna.Trial(study, trial_id)
-        with Heartbeat(study, trial_id):
+        with Heartbeat(study, trial_id, heartbeat_folder(url)):
             outcome = objective(trial)
         if outcome.values is None:
             # Reported, not raised: an error would make Ray replace this worker process, and
