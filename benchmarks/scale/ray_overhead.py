@@ -11,10 +11,12 @@ CPUs. In every Ray worker process a setup hook swaps ``run_trial`` for the stand
 time slept as the trial's ``train_time_s``.
 
 From the study afterwards: per trial, the time between the searcher's ask (Optuna's
-``datetime_start``) and its tell (``datetime_complete``) that is not the stand-in's sleep:
-that is Ray Tune's and ranksearch's cost per trial (placing the trial, the trainable opening
-the storage, reporting, the searcher's bookkeeping). Slot efficiency is the share of
-``concurrency x window`` spent inside trials.
+``datetime_start``) and its tell (``datetime_complete``) that is not the stand-in's sleep
+(placing the trial, the trainable opening the storage, reporting, the searcher's
+bookkeeping), split at the trainable's first heartbeat. Slot efficiency is the share of
+``concurrency x window`` spent inside trials; the slot time per trial beyond the trial also
+counts the gaps between one trial's tell and the next trial's ask, which Tune's controller
+spends between trials.
 
     PYTHONPATH=. python benchmarks/scale/ray_overhead.py [--quick]
 """
@@ -22,7 +24,6 @@ the storage, reporting, the searcher's bookkeeping). Slot efficiency is the shar
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import logging
@@ -48,29 +49,26 @@ from _common import (
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksearch.runs import RunDir
-from ranksearch.search.optuna_backend import TARGET_ATTR
-from ranksearch.search.study import HEARTBEAT_ATTR, create_study, open_storage
+from ranksearch.search.study import (
+    TARGET_ATTR,
+    create_study,
+    heartbeat_folder,
+    open_storage,
+)
 
 DURATION_ENV = "RANKSEARCH_BENCH_DURATION"
 RANKS_ENV = "RANKSEARCH_BENCH_RANKS"
-CACHE_ENV = "RANKSEARCH_BENCH_CACHE_STORAGE"
 
 
 def install_stand_in() -> None:
     """Ray worker setup hook: the stand-in trial instead of training (settings from the
     environment the driver gave the workers)."""
-    from ranksearch.search import objective, study
+    from ranksearch.search import objective
 
     ranks = json.loads(os.environ[RANKS_ENV])
     objective.run_trial = StandInTrial(float(os.environ[DURATION_ENV]), ranks, os.getpid())
     # The real method builds the model to name its layers; the stand-in has the names.
     objective.Objective.layer_groups = lambda self: {name: name for name in ranks}
-    if os.environ.get(CACHE_ENV) == "1":
-        # PROTOTYPE of a proposed ranksearch change, not current behaviour: the trainable
-        # opens the storage once per Ray worker process instead of once per trial (a journal
-        # is then read incrementally instead of replayed whole for every trial). The hook runs
-        # before the trainable is unpickled, so the trainable's ``open_storage`` is this one.
-        study.open_storage = functools.lru_cache(maxsize=None)(study.open_storage)
 
 
 def run_cell(work: Path, trials: int, concurrency: int, duration_s: float, cpus: float,
@@ -103,8 +101,9 @@ def run_cell(work: Path, trials: int, concurrency: int, duration_s: float, cpus:
     ends = [t.datetime_complete.timestamp() for t in done]
     slept = [t.user_attrs["metrics"]["train_time_s"] for t in done]
     # The heartbeat's first stamp marks the trainable running, storage open (trials shorter
-    # than HEARTBEAT_S keep that first stamp).
-    running = [t.user_attrs[HEARTBEAT_ATTR] for t in done]
+    # than HEARTBEAT_S keep that first stamp): on a journal, the time of the trial's file.
+    beats = heartbeat_folder(str(run.journal_path))
+    running = [(beats / str(t._trial_id)).stat().st_mtime for t in done]
     outside = [e - s - d for s, e, d in zip(starts, ends, slept, strict=True)]
     to_trainable = [r - s for s, r in zip(starts, running, strict=True)]
     after = [e - r - d for r, e, d in zip(running, ends, slept, strict=True)]
@@ -117,6 +116,10 @@ def run_cell(work: Path, trials: int, concurrency: int, duration_s: float, cpus:
         "finished_per_s": len(done) / window,
         "ideal_per_s": concurrency / duration_s if duration_s > 0 else None,
         "slot_efficiency": sum(slept) / (concurrency * window),
+        # Trials in flight on average (ask to tell), and what each trial costs a slot beyond its
+        # own sleep: the gaps between a tell and the next ask count here, not in outside_trial.
+        "in_flight_mean": sum(e - s for s, e in zip(starts, ends, strict=True)) / window,
+        "slot_s_per_trial": concurrency * window / len(done) - sum(slept) / len(done),
         # The first wave pays for starting the Ray worker processes (imports, storage).
         "first_wave_outside_s": summary(outside[:concurrency]),
         "outside_trial_s": summary(outside[concurrency:]),
@@ -141,10 +144,6 @@ def main() -> None:
                              "on a full cluster; 0.05 leaves free CPUs)")
     parser.add_argument("--sampler", default="random",
                         help="random isolates Ray Tune; the sampler's cost is sampler_latency.py's")
-    parser.add_argument("--cache-storage", default=None,
-                        help="per cell, whether Ray workers keep the storage open between "
-                             "trials (a PROTOTYPE of a proposed change; default 0 = as the "
-                             "code is now; 0,1 compares)")
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args()
     quick = args.quick
@@ -153,7 +152,6 @@ def main() -> None:
     durations = [float(d) for d in (args.durations or ("0.5" if quick else "2")).split(",")]
     prefills = [int(p) for p in (args.prefill or "0").split(",")]
     cpus = [float(c) for c in (args.cpus_per_trial or ("0.5" if quick else "0.25")).split(",")]
-    caching = [c == "1" for c in (args.cache_storage or "0").split(",")]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     started = time.perf_counter()
@@ -173,23 +171,23 @@ def main() -> None:
         }, quick)
 
     try:
-        for concurrency, cpu, duration, prefill, cache in itertools.product(
-                concurrencies, cpus, durations, prefills, caching):
+        for concurrency, cpu, duration, prefill in itertools.product(
+                concurrencies, cpus, durations, prefills):
             # A Ray worker takes its environment from the cluster's runtime_env when it
             # starts, so each cell gets its own cluster with its own duration.
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, runtime_env={
                          "worker_process_setup_hook": "ray_overhead.install_stand_in",
                          "env_vars": {"PYTHONPATH": f"{REPO}:{Path(__file__).resolve().parent}",
-                                      RANKS_ENV: json.dumps(ranks), DURATION_ENV: str(duration),
-                                      CACHE_ENV: str(int(cache))},
+                                      RANKS_ENV: json.dumps(ranks), DURATION_ENV: str(duration)},
                      })
             try:
                 cell = run_cell(work, trials, concurrency, duration, cpu, args.sampler, ranks,
                                 pool[:prefill])
             finally:
                 ray.shutdown()
-            cell["storage_cached_prototype"] = cache
+            # Ray workers keep the storage open between trials (ray_backend._trainable).
+            cell["storage_kept_open"] = True
             cells.append(cell)
             print(_line(cell), flush=True)
             save()
@@ -202,12 +200,14 @@ def _line(cell: dict[str, Any]) -> str:
     def median(key: str) -> float:
         return cell[key].get("median", float("nan"))
 
-    cached = " [PROTOTYPE: storage kept open]" if cell["storage_cached_prototype"] else ""
+    cached = "" if cell.get("storage_kept_open") else " [storage opened per trial]"
     return (f"concurrency {cell['concurrency']:>3} x {cell['cpus_per_trial']:g} CPU, "
             f"{cell['duration_s']:g} s trials, prefill "
             f"{cell['prefill']:>5}{cached}: {cell['finished_per_s']:.2f} finished/s "
             f"(ideal {cell['ideal_per_s'] or float('inf'):.2f}), slot efficiency "
-            f"{100 * cell['slot_efficiency']:.0f} %; outside the trial: median "
+            f"{100 * cell['slot_efficiency']:.0f} %, {cell['in_flight_mean']:.1f} trials in "
+            f"flight on average, {cell['slot_s_per_trial']:.1f} s of slot time per trial beyond "
+            f"the trial; outside the trial: median "
             f"{median('outside_trial_s'):.2f} s, p95 {cell['outside_trial_s'].get('p95', 0):.2f} s"
             f" (ask to trainable {median('ask_to_trainable_s'):.2f} s, trial end to tell "
             f"{median('trial_end_to_tell_s'):.2f} s); first wave "

@@ -50,8 +50,13 @@ from ranksearch.report import write_report
 from ranksearch.report.html import write_report_for_run
 from ranksearch.runs import RunDir, atomic_write_text
 from ranksearch.search import open_run_study
-from ranksearch.search.optuna_backend import TARGET_ATTR
-from ranksearch.search.study import HEARTBEAT_ATTR, HEARTBEAT_S, create_study, open_storage
+from ranksearch.search.study import (
+    HEARTBEAT_ATTR,
+    HEARTBEAT_S,
+    TARGET_ATTR,
+    create_study,
+    open_storage,
+)
 
 GOAL_SECONDS = 10.0
 GOAL_MB = 10.0

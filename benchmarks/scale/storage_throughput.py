@@ -62,8 +62,7 @@ from optuna.trial import TrialState
 
 from ranksearch.runs import RunDir
 from ranksearch.search import objective, optuna_backend
-from ranksearch.search.optuna_backend import TARGET_ATTR
-from ranksearch.search.study import create_study, open_storage
+from ranksearch.search.study import TARGET_ATTR, create_study, open_storage
 
 PG_ROLE = "ranksearch_bench"
 PG_PASSWORD = "ranksearch-bench"  # a throw-away role on a loopback-only server

@@ -95,18 +95,21 @@ def ray_table(cells: list[dict[str, Any]]) -> str:
     rows = []
     for c in cells:
         rows.append([
-            f"{c['prefill']:,}", "yes (prototype)" if c.get("storage_cached_prototype") else "no",
+            f"{c['prefill']:,}", "yes" if c.get("storage_kept_open") else "no (before the fix)",
             str(c["concurrency"]), f"{c['cpus_per_trial']:g}", f"{c['duration_s']:g} s",
             f"{c['complete']}",
             f"{c['finished_per_s']:.2f}",
             f"{c['ideal_per_s']:.2f}" if c["ideal_per_s"] else "–",
-            f"{100 * c['slot_efficiency']:.0f} %", _s(c["outside_trial_s"]),
+            f"{100 * c['slot_efficiency']:.0f} %",
+            f"{c['concurrency'] * c['window_s'] / c['complete'] - c['duration_s']:.1f}",
+            _s(c["outside_trial_s"]),
             _s(c["outside_trial_s"], "p95"), _s(c["ask_to_trainable_s"]),
             _s(c["trial_end_to_tell_s"]), _s(c["first_wave_outside_s"]), f"{c['wall_s']:.0f}",
         ])
     return _table(["study size", "storage kept open", "concurrency", "CPUs/trial",
                    "stand-in trial",
                    "trials", "finished/s", "ideal/s", "slot efficiency",
+                   "slot s per trial beyond the trial",
                    "outside trial s (median)", "p95", "ask → trainable s",
                    "trial end → tell s", "first wave s", "wall s"], rows)
 
