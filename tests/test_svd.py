@@ -451,3 +451,40 @@ def test_latency_merge_plan() -> None:
     assert all(rank is None or rank == ranks[name] for name, rank in plan.items())
     with pytest.raises(ValueError, match="example_input"):
         svd.compaction_plan(model, merge="latency")
+
+
+_ONEDNN_CRASH = """
+import torch
+from torch import nn
+from ranksearch.svd.layers import SVDConv2d
+
+torch.manual_seed(0)
+torch.set_num_threads(1)
+# A downsampling shortcut of a CIFAR ResNet, spatial scheme, pruned to rank 5: its second
+# thin conv is a 1 x 1 kernel built from a permuted view.
+layer = SVDConv2d.from_dense(nn.Conv2d(16, 32, 1, stride=2, bias=False), scheme="spatial")
+layer.forward_mode = "factored"
+layer.mask.zero_()[:5] = 1
+x = torch.randn(64, 16, 8, 8, requires_grad=True)
+for _ in range(300):
+    layer(x).sum().backward()
+print("ok")
+"""
+
+
+def test_factored_weights_have_plain_strides_for_onednn():
+    """oneDNN's conv backward corrupted the heap on weights with odd size-1 strides (the
+    'free(): invalid next size' aborts of whole workers); run the pattern in a child with
+    glibc's heap checks on."""
+    import os
+    import subprocess
+    import sys
+
+    layer = svd.SVDConv2d.from_dense(nn.Conv2d(16, 32, 1, stride=2, bias=False),
+                                     scheme="spatial")
+    layer.mask.zero_()[:5] = 1
+    for weight in layer.factor_weights(layer.kept_indices()):
+        assert weight.stride() == torch.empty(weight.shape).stride()
+    done = subprocess.run([sys.executable, "-c", _ONEDNN_CRASH], capture_output=True, text=True,
+                          env={**os.environ, "MALLOC_CHECK_": "3"}, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]

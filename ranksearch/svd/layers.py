@@ -408,10 +408,11 @@ class SVDConv2d(SVDLayer):
         k = s.shape[0]
         n, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
         if self.scheme == "channel":
-            return v.mT.reshape(k, c, kh, kw), (u * s).reshape(n, k, 1, 1)
-        first = (u * s).mT.reshape(k, c, kh, 1)
-        second = v.reshape(n, kw, k).permute(0, 2, 1).reshape(n, k, 1, kw)
-        return first, second
+            first, second = v.mT.reshape(k, c, kh, kw), (u * s).reshape(n, k, 1, 1)
+        else:
+            first = (u * s).mT.reshape(k, c, kh, 1)
+            second = v.reshape(n, kw, k).permute(0, 2, 1).reshape(n, k, 1, kw)
+        return _plain_strides(first), _plain_strides(second)
 
     def factored_geometry(self) -> tuple[dict[str, object], dict[str, object]]:
         """Keyword arguments of ``F.conv2d`` (stride, padding, dilation) for the two thin
@@ -487,6 +488,24 @@ def factored_geometry(
              "dilation": (dilation[0], 1)},
             {"stride": (1, stride[1]), "padding": horizontal_padding,
              "dilation": (1, dilation[1])})
+
+
+def _plain_strides(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with the row-major strides of its shape, copied only where it has others.
+
+    oneDNN's CPU convolution backward (torch 2.14) corrupts the heap when a weight is a view
+    whose size-1 dimensions carry other strides, e.g. a 1 x 1 kernel of shape (32, 5, 1, 1)
+    with strides (5, 1, 5, 5): ``is_contiguous()`` is true, so ``contiguous()`` keeps it, and
+    the process later aborts with ``free(): invalid next size``. The spatial scheme's thin
+    convs of a 1 x 1 layer are such views (tests/test_svd.py reproduces the crash).
+    """
+    expected, step = [], 1
+    for size in reversed(weight.shape):
+        expected.append(step)
+        step *= size
+    if weight.stride() == tuple(reversed(expected)):
+        return weight
+    return weight.clone(memory_format=torch.contiguous_format)
 
 
 def _select(
