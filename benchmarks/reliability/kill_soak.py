@@ -5,8 +5,11 @@ Checks what issue #8 asks: exactly --trials complete trials, no trial number com
 no truncated file in the run directory, every trial running at a kill failed with a reason and
 its parameters requeued, and no worker outliving its launcher.
 
-Usage: python benchmarks/reliability/kill_soak.py [--kills 5] [--trials 10] [--seed 0]
-Writes benchmarks/reliability/results.json.
+With ``--backend ray`` the same through Ray Tune (a private local Ray per command, resumed
+with ``Tuner.restore``); stray processes are then Ray's (raylet, GCS, ``ray::`` workers).
+
+Usage: python benchmarks/reliability/kill_soak.py [--backend optuna] [--kills 5] [--trials 10]
+Writes benchmarks/reliability/results-BACKEND.json.
 """
 
 from __future__ import annotations
@@ -30,11 +33,23 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
+def _wait_for_no(pattern: str, timeout: float) -> list[str]:
+    """The processes matching ``pattern`` still there after up to ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True,
+                               text=True).stdout.split()
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="kill-soak-"))
@@ -47,18 +62,20 @@ def main() -> None:
     run = tmp / "run"
     env = {**os.environ, "RANKSEARCH_HEARTBEAT_GRACE": "6"}
     cmd = [sys.executable, "-m", "ranksearch", "search", str(space_path), "--run-dir", str(run),
-           "--workers", "2", "--quiet"]
+           "--workers", "2", "--quiet", "--backend", args.backend]
+    # What must not outlive a killed launcher: its worker processes, or the Ray it started.
+    stray = (f"ranksearch worker {run}" if args.backend == "optuna"
+             else "raylet|gcs_server|ray::|default_worker.py")
     kills = []
     for _ in range(args.kills):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        delay = rng.uniform(5, 40)
+        # Ray needs about 25 s to start here before any trial runs.
+        delay = rng.uniform(5, 40) + (25 if args.backend == "ray" else 0)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        time.sleep(2)
-        orphans = subprocess.run(["pgrep", "-f", f"ranksearch worker {run}"],
-                                 capture_output=True, text=True).stdout.split()
+        orphans = _wait_for_no(stray, timeout=30)
         kills.append({"after_s": round(delay, 1), "orphaned_workers": len(orphans)})
     start = time.time()
     final = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -93,7 +110,10 @@ def main() -> None:
                and len({t.number for t in complete}) == args.trials and not truncated
                and all(k["orphaned_workers"] == 0 for k in kills)),
     }
-    (HERE / "results.json").write_text(json.dumps(result, indent=2))
+    result["backend"] = args.backend
+    result["stray_after_final_run"] = len(_wait_for_no(stray, timeout=30))
+    result["ok"] = result["ok"] and result["stray_after_final_run"] == 0
+    (HERE / f"results-{args.backend}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
