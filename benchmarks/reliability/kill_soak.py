@@ -8,7 +8,7 @@ its parameters requeued, and no worker outliving its launcher.
 With ``--backend ray`` the same through Ray Tune (a private local Ray per command, resumed
 with ``Tuner.restore``); stray processes are then Ray's (raylet, GCS, ``ray::`` workers).
 
-Usage: python benchmarks/reliability/kill_soak.py [--backend optuna] [--kills 5] [--trials 10]
+Usage: python benchmarks/reliability/kill_soak.py [--backend optuna] [--kills 5] [--trials 16]
 Writes benchmarks/reliability/results-BACKEND.json.
 """
 
@@ -44,10 +44,38 @@ def _wait_for_no(pattern: str, timeout: float) -> list[str]:
         time.sleep(1)
 
 
+def _states(run: Path) -> dict[str, int]:
+    """Trials of the soak's study by state (empty before the study exists)."""
+    journal = run / "study.journal"
+    if not journal.is_file():
+        return {}
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        trials = optuna.load_study(study_name="kill-soak", storage=storage).get_trials(
+            deepcopy=False)
+    except KeyError:
+        return {}
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _wait_for_running(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until a trial of the study runs (True), the command ends or time is up (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if _states(run).get("RUNNING"):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     args = parser.parse_args()
@@ -68,15 +96,22 @@ def main() -> None:
              else "raylet|gcs_server|ray::|default_worker.py")
     kills = []
     for _ in range(args.kills):
+        started = time.time()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # Ray needs about 25 s to start here before any trial runs.
-        delay = rng.uniform(5, 40) + (25 if args.backend == "ray" else 0)
-        time.sleep(delay)
+        # A random moment while trials run: start-up (imports, Ray, the reference) is seconds
+        # to minutes, trials a few seconds each, so a fixed delay would mostly hit start-up.
+        running = _wait_for_running(run, proc, timeout=300)
+        time.sleep(rng.uniform(0, 3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        states = _states(run)
         orphans = _wait_for_no(stray, timeout=30)
-        kills.append({"after_s": round(delay, 1), "orphaned_workers": len(orphans)})
+        kills.append({"after_s": round(time.time() - started, 1), "trials_were_running": running,
+                      "complete_at_kill": states.get("COMPLETE", 0),
+                      "running_at_kill": states.get("RUNNING", 0),
+                      "orphaned_processes": len(orphans)})
+        print(json.dumps(kills[-1]), flush=True)
     start = time.time()
     final = subprocess.run(cmd, env=env, capture_output=True, text=True)
     storage = optuna.storages.JournalStorage(
@@ -108,7 +143,7 @@ def main() -> None:
         "truncated_files": truncated,
         "ok": (final.returncode == 0 and len(complete) == args.trials
                and len({t.number for t in complete}) == args.trials and not truncated
-               and all(k["orphaned_workers"] == 0 for k in kills)),
+               and all(k["orphaned_processes"] == 0 for k in kills)),
     }
     result["backend"] = args.backend
     result["stray_after_final_run"] = len(_wait_for_no(stray, timeout=30))

@@ -144,7 +144,8 @@ def main() -> None:
             if (data := _load(name, quick)) for table in [goal_table(data)]]
     if goal:
         sections.append(("Goal check", "\n\n".join(goal)))
-    ray = [c for name in ("ray_overhead", "ray_overhead-slack", "ray_overhead-5000")
+    ray = [c for name in ("ray_overhead", "ray_overhead-slack", "ray_overhead-5000-before",
+                          "ray_overhead-5000")
            if (data := _load(name, quick)) for c in data["cells"]]
     if ray:
         sections.append(("Ray Tune overhead", ray_table(ray)))
