@@ -44,29 +44,35 @@ def _wait_for_no(pattern: str, timeout: float) -> list[str]:
         time.sleep(1)
 
 
-def _states(run: Path) -> dict[str, int]:
-    """Trials of the soak's study by state (empty before the study exists)."""
+def _trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    """The soak study's trials (none before the study exists)."""
     journal = run / "study.journal"
     if not journal.is_file():
-        return {}
+        return []
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal)))
     try:
-        trials = optuna.load_study(study_name="kill-soak", storage=storage).get_trials(
+        return optuna.load_study(study_name="kill-soak", storage=storage).get_trials(
             deepcopy=False)
     except KeyError:
-        return {}
+        return []
+
+
+def _states(run: Path) -> dict[str, int]:
     out: dict[str, int] = {}
-    for t in trials:
+    for t in _trials(run):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 
 
 def _wait_for_running(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait until a trial of the study runs (True), the command ends or time is up (False)."""
+    """Wait until a trial started by this command runs (True), or the command ends or time is
+    up (False). Trials left RUNNING by the previous kill do not count: their heartbeat has
+    not expired yet."""
+    before = {t.number for t in _trials(run)}
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if _states(run).get("RUNNING"):
+        if any(t.state.name == "RUNNING" and t.number not in before for t in _trials(run)):
             return True
         time.sleep(0.5)
     return False
@@ -106,11 +112,15 @@ def main() -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         states = _states(run)
-        orphans = _wait_for_no(stray, timeout=30)
+        killed = time.time()
+        # Ray's own agents notice a dead raylet only after a while: record how long.
+        orphans = _wait_for_no(stray, timeout=120)
+        gone_after = round(time.time() - killed, 1)
         kills.append({"after_s": round(time.time() - started, 1), "trials_were_running": running,
                       "complete_at_kill": states.get("COMPLETE", 0),
                       "running_at_kill": states.get("RUNNING", 0),
-                      "orphaned_processes": len(orphans)})
+                      "orphaned_processes": len(orphans),
+                      "stray_processes_gone_after_s": gone_after})
         print(json.dumps(kills[-1]), flush=True)
     start = time.time()
     final = subprocess.run(cmd, env=env, capture_output=True, text=True)
