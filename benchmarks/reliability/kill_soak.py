@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -133,7 +134,9 @@ def main() -> None:
     truncated = []
     for f in run.rglob("*"):
         try:
-            if f.suffix == ".json":
+            if f.name.startswith("search_gen_state-"):
+                pickle.loads(f.read_bytes())  # Ray Tune pickles these despite the name
+            elif f.suffix == ".json":
                 json.loads(f.read_text())
             elif f.suffix == ".safetensors":
                 load_file(str(f))
