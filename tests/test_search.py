@@ -129,3 +129,22 @@ def test_worker_joins_from_run_dir(tiny_space, tmp_path):
     finally:
         assert launcher.wait(timeout=600) == 0
     _assert_exact(_study(run), 6)
+
+
+def test_workers_never_share_a_sampler_stream():
+    """Worker 0 starting after one trial and worker 1 starting first once got the same seed
+    (seed + worker + trials) and suggested the same points on PostgreSQL."""
+    from ranksearch import config as cfg
+    from ranksearch.search.study import make_sampler, sampler_seed
+
+    starts = [(w, n) for w in range(4) for n in range(50)]
+    assert len({sampler_seed(0, w, n) for w, n in starts}) == len(starts)
+    assert sampler_seed(7, 0, 0) == 7  # a new single-worker study keeps the configured seed
+
+    def first_point(worker: int, trials_before: int) -> float:
+        sampler = make_sampler(cfg.SamplerSpec(name="tpe", seed=0), False, worker,
+                               trials_before)
+        study = optuna.create_study(sampler=sampler)
+        return study.ask().suggest_float("x", 0, 1)
+
+    assert first_point(0, 1) != first_point(1, 0)

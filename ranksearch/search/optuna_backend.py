@@ -108,10 +108,10 @@ def run_worker(
     constraints = (config.constraints.max_flops is not None
                    or config.constraints.min_accuracy is not None)
     study = load_study(open_storage(storage_url), config.name)
-    # Offset the seed by the trials already there, or a resumed worker would replay the same
-    # startup points as its previous run.
-    study.sampler = make_sampler(config.sampler, constraints,
-                                 worker + len(study.get_trials(deepcopy=False)))
+    # The seed depends on the trials already there too, or a resumed worker would replay the
+    # same startup points as its previous run.
+    study.sampler = make_sampler(config.sampler, constraints, worker,
+                                 trials_before=len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
     beats = heartbeat_folder(storage_url)
     done = 0

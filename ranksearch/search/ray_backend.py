@@ -121,7 +121,7 @@ def run_ray_search(
         # One sampler for every round, so that its random draws go on rather than repeat; its
         # seed is offset by the trials already in the study, so a resumed search draws anew.
         sampler = make_sampler(config.sampler, _has_constraints(config),
-                               worker=len(study.get_trials(deepcopy=False)))
+                               trials_before=len(study.get_trials(deepcopy=False)))
         failures_in_a_row = 0
         while True:
             complete = counts(study.get_trials(deepcopy=False))["COMPLETE"]

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -108,10 +109,25 @@ def heartbeat_folder(url: str) -> Path | None:
     return _journal_path(url).parent / "heartbeats"
 
 
-def make_sampler(spec: cfg.SamplerSpec, constraints: bool, worker: int = 0
-                 ) -> optuna.samplers.BaseSampler:
-    """The configured sampler. Each worker gets its own seed, or all would suggest alike."""
-    seed = None if spec.seed is None else spec.seed + worker
+def sampler_seed(seed: int, worker: int, trials_before: int) -> int:
+    """The seed of worker ``worker`` starting on a study of ``trials_before`` trials.
+
+    The configured seed itself for the first worker of a new study, and a distinct stream for
+    every other (worker, start) pair: adding ``worker + trials_before`` to the seed instead
+    gave worker 0 starting after one trial and worker 1 starting first the same seed, and
+    both suggested the same points.
+    """
+    if worker == 0 and trials_before == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, worker, trials_before]).generate_state(1)[0])
+
+
+def make_sampler(spec: cfg.SamplerSpec, constraints: bool, worker: int = 0,
+                 trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler for worker ``worker`` joining a study of ``trials_before``
+    trials. Each worker, and each restart of one, draws its own stream (see
+    :func:`sampler_seed`), or they would suggest alike."""
+    seed = None if spec.seed is None else sampler_seed(spec.seed, worker, trials_before)
     constraints_func = _constraints if constraints else None
     if spec.name == "tpe":
         return optuna.samplers.TPESampler(
