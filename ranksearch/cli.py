@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     # Ctrl-C: the running trial is given back (failed, parameters requeued) at once, rather
     # than discovered dead after the heartbeat grace period.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C must work whatever the parent left behind: a process inherits ignored and blocked
+    # signals (a shell's background job, some process managers, a test runner), and Python
+    # keeps SIGINT ignored when it starts so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -112,7 +112,8 @@ def test_ctrl_c_leaves_no_process_and_gives_trials_back(tiny_space, tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "rerun the same command" in err
+    assert proc.returncode == 130, f"exit {proc.returncode}; stderr: {err[-2000:]}"
+    assert "rerun the same command" in err
     assert _wait_gone(run) == []
     running = _study(run).get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert running == []
