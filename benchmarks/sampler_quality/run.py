@@ -29,13 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import optuna
 import yaml
 
 from ranksearch import config as cfg
 from ranksearch import pipeline
-from ranksearch.report.pareto import hypervolume_2d
+from ranksearch.report.pareto import hypervolume_history, trials_frame
 from ranksearch.runs import RunDir
+from ranksearch.search import open_run_study
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -71,21 +71,13 @@ def run_study(work: Path, label: str, config: dict[str, Any], reference: Path) -
 
 
 def history(run: Path) -> dict[str, list[float]]:
-    """Hypervolume after each complete trial (validation and test accuracy)."""
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
-    study = optuna.load_study(study_name="sampler-quality", storage=storage)
-    ref_flops = study.user_attrs["reference"]["flops"]
-    trials = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: (t.datetime_complete, t.number))
-    out: dict[str, list[float]] = {"val": [], "test": []}
-    for k in range(1, len(trials) + 1):
-        done = trials[:k]
-        ratio = [t.values[1] / ref_flops for t in done]
-        out["val"].append(hypervolume_2d([t.values[0] for t in done], ratio))
-        out["test"].append(hypervolume_2d(
-            [t.user_attrs["metrics"]["test_accuracy"] for t in done], ratio))
-    return out
+    """Hypervolume after each complete trial (validation and test accuracy), as the report
+    computes it (:func:`~ranksearch.report.pareto.hypervolume_history`)."""
+    _, _, study = open_run_study(run)
+    frame = trials_frame(study, run)
+    on_test = frame.assign(accuracy=frame["test_accuracy"])
+    return {"val": hypervolume_history(frame)["hypervolume"].tolist(),
+            "test": hypervolume_history(on_test)["hypervolume"].tolist()}
 
 
 def main() -> None:
