@@ -159,6 +159,7 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
     """The Ray function trainable: runs :class:`Objective` on the Optuna trial that the
     searcher asked for, and reports its objective values."""
     metric_names = _metrics(config)
+    beats = heartbeat_folder(url)
     # One of each per worker process, reused by its trials. The storage stays open so that a
     # journal is read on from where the last trial left it instead of replayed from the start,
     # and an RDB storage keeps its connection pool.
@@ -183,7 +184,7 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
             return _report_failure(metric_names, f"Optuna trial {ray_config[NUMBER_KEY]} is "
                                    f"{state.name} already; not run again")
         trial = optuna.Trial(study, trial_id)
-        with Heartbeat(study, trial_id, heartbeat_folder(url)):
+        with Heartbeat(study, trial_id, beats):
             outcome = objective(trial)
         if outcome.values is None:
             # Reported, not raised: an error would make Ray replace this worker process, and

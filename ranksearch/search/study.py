@@ -234,8 +234,7 @@ class Heartbeat:
         if self._file is None:
             self._study._storage.set_trial_user_attr(self._trial_id, HEARTBEAT_ATTR, _now())
         else:
-            self._file.touch()
-            os.utime(self._file)
+            self._file.touch()  # sets the modification time of an existing file too
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
