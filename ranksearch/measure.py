@@ -9,10 +9,11 @@ is not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,15 +21,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .conventions import FLOPS_CONVENTION
 
-__all__ = ["FLOPS_CONVENTION", "flops", "params", "latency"]
+__all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "is_channels_last", "num_threads"]
 
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+    """A random batch on the model's device and dtype, channels_last when the model's
+    convolutions are (the input a deployed channels_last model receives)."""
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    return torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    if x.dim() == 4 and is_channels_last(model):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-D weights are stored channels_last (and not also contiguous)."""
+    # Only where the two layouts differ: more than one input channel and a spatial kernel.
+    weights = [p for p in model.parameters()
+               if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    return bool(weights) and all(
+        w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        for w in weights)
 
 
 def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -62,15 +78,13 @@ def latency(
 ) -> float:
     """Median wall time in seconds of one forward pass on the CPU, after ``warmup`` passes.
 
-    The model is copied to the CPU in eval mode, so the caller's model is left untouched.
-    ``threads`` sets ``torch.set_num_threads`` for the measurement and restores it after.
+    The model is copied to the CPU in eval mode, so the caller's model is left untouched;
+    the input is channels_last when the model is. ``threads`` sets ``torch.set_num_threads``
+    for the measurement and restores it after.
     """
     cpu_model = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(batch_size, *input_shape)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    x = _example_input(cpu_model, input_shape, batch_size)
+    with num_threads(threads):
         times = []
         with torch.inference_mode():
             for _ in range(warmup):
@@ -80,5 +94,16 @@ def latency(
                 cpu_model(x)
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (``None``: as it is) and restore
+    the previous number after; yields the number in force."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)

@@ -9,8 +9,11 @@ training, orthogonality alone for fine-tuning. A non-finite loss stops the phase
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,7 +25,10 @@ from tqdm.auto import tqdm
 from .config import Schedule
 from .data import Dataset
 
-__all__ = ["Diverged", "FitResult", "fit", "evaluate", "resolve_device"]
+__all__ = [
+    "Diverged", "FitResult", "fit", "evaluate", "resolve_device", "resolve_precision",
+    "cpu_has_bf16",
+]
 
 Regulariser = Callable[[nn.Module], torch.Tensor]
 
@@ -69,9 +75,50 @@ def _lr_factor(schedule: Schedule, progress: float) -> float:
     return 1.0
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16).
+
+    oneDNN also runs bf16 on CPUs without these instructions, by emulation, and then it is
+    slower than fp32; so only the native instructions count.
+    """
+    try:
+        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+    except OSError:  # not Linux: no portable way to ask, so fp32
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def resolve_precision(precision: str, device_type: str) -> str:
+    """The precision a phase really trains in: ``fp32`` or ``bf16`` (autocast).
+
+    ``auto`` is bf16 where the device computes it natively (a CUDA GPU that supports it, a
+    CPU with AVX512-BF16/AMX/Arm BF16) and fp32 elsewhere; ``bf16`` where it cannot run fast
+    falls back to fp32 with one warning line.
+    """
+    if precision == "fp32":
+        return "fp32"
+    if device_type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = device_type == "cpu" and cpu_has_bf16()
+    if native:
+        return "bf16"
+    if precision == "bf16":
+        processor = platform.processor() or platform.machine()
+        warnings.warn(f"precision bf16: this {device_type.upper()} ({processor}) has no native "
+                      "bf16; training in fp32", stacklevel=2)
+    return "fp32"
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if resolve_precision(precision, device.type) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -92,8 +139,11 @@ def fit(
     """Train ``model`` in place on ``data``'s training split.
 
     ``lr`` and ``epochs`` override the schedule's (a searched learning rate or epoch count).
-    ``regulariser(model)`` is added to the cross-entropy each step. Shuffling and augmentation
-    are seeded by ``seed``, so a run on the CPU is reproducible.
+    ``regulariser(model)`` is added to the cross-entropy each step, always in fp32: under
+    bf16 autocast ``UᵀU`` would round its diagonal to about 4e-3, the size of what the
+    orthogonality term measures. ``precision`` is ``fp32``, ``bf16`` or ``auto``
+    (:func:`resolve_precision`). Shuffling and augmentation are seeded by ``seed``, so a run
+    on the CPU is reproducible.
     """
     device = next(model.parameters()).device
     if channels_last:
@@ -126,8 +176,8 @@ def fit(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, precision):
                     loss = F.cross_entropy(model(x), y)
-                    if regulariser is not None:
-                        loss = loss + regulariser(model)
+                if regulariser is not None:
+                    loss = loss + regulariser(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -377,8 +377,8 @@ def test_merge_back_at_the_rule_boundary(factory, scheme: str, pair_rank: int,
         model = svd.decompose(dense, scheme)
         svd.set_ranks(model, {"0": rank})
         assert saves_flops(dense[0], scheme, rank) is not merged
-        assert svd.compaction_plan(model) == {"0": None if merged else rank}
-        compacted = svd.compact(model)
+        assert svd.compaction_plan(model, rank_multiple=1) == {"0": None if merged else rank}
+        compacted = svd.compact(model, rank_multiple=1)
         expected_type = type(dense[0]) if merged else nn.Sequential
         assert type(compacted[0]) is expected_type
         torch.testing.assert_close(compacted(x), model(x), atol=1e-5, rtol=1e-5)
@@ -406,7 +406,7 @@ def test_flops_of_compact_pair_match_formula() -> None:
     c, n, r = 8, 16, 4
     model = svd.decompose(nn.Sequential(nn.Conv2d(c, n, 3, padding=1)), "channel")
     svd.set_ranks(model, {"0": r})
-    compacted = svd.compact(model)
+    compacted = svd.compact(model, rank_multiple=1)
     assert isinstance(compacted[0], nn.Sequential)
     assert measure.flops(compacted, (c, height, width)) == 2 * height * width * r * (c * 9 + n)
 
@@ -447,7 +447,9 @@ def test_latency_merge_plan() -> None:
     plan = svd.compaction_plan(model, merge="latency", example_input=torch.randn(1, 3, 32, 32),
                                repeats=2)
     assert set(plan) == set(svd.svd_layers(model))
-    ranks = {name: layer.rank for name, layer in svd.svd_layers(model).items()}
+    # Kept ranks rounded up to the default multiple (or the full rank), else merged back.
+    ranks = {name: min(layer.full_rank, -(-layer.rank // svd.RANK_MULTIPLE) * svd.RANK_MULTIPLE)
+             for name, layer in svd.svd_layers(model).items()}
     assert all(rank is None or rank == ranks[name] for name, rank in plan.items())
     with pytest.raises(ValueError, match="example_input"):
         svd.compaction_plan(model, merge="latency")

@@ -4,18 +4,21 @@ Every compressible layer of a model is rewritten as ``W = U · diag(s) · Vᵀ``
 that form (:func:`decompose`); the loss adds :func:`orthogonality_loss` and
 :func:`sparsity_loss`; :func:`prune_by_energy` (or :func:`set_ranks`) masks small singular
 values; :func:`compact` turns the result into plain ``torch.nn`` layers of the kept ranks,
-and :func:`build_compact` rebuilds that structure for loading a saved ``state_dict``.
+and :func:`build_compact` rebuilds that structure for loading a saved ``state_dict``;
+:func:`for_inference` folds batch norms for deployment.
 
 This package imports nothing else of ``ranksearch``.
 """
 
-from .compact import build_compact, compact, compaction_plan, fold_batchnorm, saves_flops
+from .compact import RANK_MULTIPLE, build_compact, compact, compaction_plan, saves_flops
 from .decompose import decomposable, decompose, summary, svd_layers
+from .inference import fold_batchnorm, for_inference, to_channels_last
 from .layers import DenseConv2d, DenseLinear, SVDConv2d, SVDLayer, SVDLinear
 from .prune import prune_by_energy, set_ranks
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
 
 __all__ = [
+    "RANK_MULTIPLE",
     "SPARSITY_KINDS",
     "DenseConv2d",
     "DenseLinear",
@@ -28,6 +31,7 @@ __all__ = [
     "decompose",
     "decomposable",
     "fold_batchnorm",
+    "for_inference",
     "orthogonality_loss",
     "prune_by_energy",
     "saves_flops",
@@ -35,4 +39,5 @@ __all__ = [
     "sparsity_loss",
     "summary",
     "svd_layers",
+    "to_channels_last",
 ]

@@ -20,29 +20,32 @@ on the input size: the pair is kept when
   slightly for horizontally strided convs, whose vertical conv runs at every input column).
 
 ``merge="latency"`` instead times the pair against the dense layer on the CPU at the input
-each layer receives. ``rank_multiple`` rounds kept ranks up (e.g. to 8) for hardware-friendly
-shapes; the extra directions are pruned ones with singular value zero, so the function does
-not change.
+each layer receives.
+
+By default the result is the fast structure, not merely the smallest: kept ranks are rounded
+up to a multiple of ``rank_multiple`` (:data:`RANK_MULTIPLE`; CPU and GPU convolution kernels
+work on blocks of 8 or 16 channels, so a rank of 13 costs what 16 costs) and 4-D weights are
+channels_last. The extra directions are pruned ones with singular value zero, so rounding
+does not change the function. ``rank_multiple=1`` and ``channels_last=False`` turn these off.
 
 :func:`build_compact` rebuilds the same structure from the original dense model, so that a
 compact model's ``state_dict`` can be saved and loaded (``strict=True``) without pickling
-modules. :func:`fold_batchnorm` folds batch norms into the preceding convs for inference.
+modules. Batch norms are folded for inference by :func:`ranksearch.svd.for_inference`.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
-import torch.fx
 from torch import nn
 
 from .decompose import svd_layers
+from .inference import to_channels_last
 from .layers import (
     DenseConv2d,
     DenseLinear,
@@ -54,7 +57,10 @@ from .layers import (
 )
 from .prune import ranked_indices
 
-__all__ = ["compact", "compaction_plan", "build_compact", "fold_batchnorm", "saves_flops"]
+__all__ = ["RANK_MULTIPLE", "compact", "compaction_plan", "build_compact", "saves_flops"]
+
+#: Default rounding of kept ranks (see the module docstring and benchmarks/compact_latency.py).
+RANK_MULTIPLE = 8
 
 Merge = Literal["flops", "latency"]
 Plan = dict[str, int | None]
@@ -76,7 +82,7 @@ def saves_flops(layer: nn.Module, scheme: Scheme, rank: int) -> bool:
 def compaction_plan(
     model: nn.Module,
     merge: Merge = "flops",
-    rank_multiple: int = 1,
+    rank_multiple: int = RANK_MULTIPLE,
     example_input: torch.Tensor | None = None,
     repeats: int = 20,
 ) -> Plan:
@@ -131,8 +137,9 @@ def compact(
     model: nn.Module,
     plan: Mapping[str, int | None] | None = None,
     merge: Merge = "flops",
-    rank_multiple: int = 1,
+    rank_multiple: int = RANK_MULTIPLE,
     example_input: torch.Tensor | None = None,
+    channels_last: bool = True,
 ) -> nn.Module:
     """A deep copy of ``model`` in which every SVD layer is replaced by plain layers.
 
@@ -148,6 +155,7 @@ def compact(
             extra directions get singular value zero). Computed with ``merge``,
             ``rank_multiple`` and ``example_input`` when not given.
         merge, rank_multiple, example_input: As in :func:`compaction_plan`.
+        channels_last: Put 4-D weights in channels_last.
     """
     layers = svd_layers(model)
     if plan is None:
@@ -162,14 +170,16 @@ def compact(
             raise ValueError(f"planned rank {rank} for {name!r} is outside "
                              f"[{layer.rank}, {layer.full_rank}] (kept rank, full rank)")
         if not name:  # the model is itself an SVD layer
-            return _compact_layer(layer, rank)
+            result = _compact_layer(layer, rank)
+            break
         result.set_submodule(name, _compact_layer(layer, rank))
     _unmark_dense(result)
-    return result
+    return to_channels_last(result) if channels_last else result
 
 
 def build_compact(
-    dense_model: nn.Module, plan: Mapping[str, int | None], scheme: Scheme = "channel"
+    dense_model: nn.Module, plan: Mapping[str, int | None], scheme: Scheme = "channel",
+    channels_last: bool = True,
 ) -> nn.Module:
     """The structure :func:`compact` produces, built from the original dense model.
 
@@ -186,28 +196,7 @@ def build_compact(
         if rank is not None:
             result.set_submodule(name, _empty_pair(layer, scheme, rank))
     _unmark_dense(result)
-    return result
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``BatchNorm2d`` that directly follows a ``Conv2d``
-    folded into that conv and replaced by ``nn.Identity``.
-
-    The fold uses the running statistics, so the result computes the eval-mode function;
-    it is meant for inference and latency measurement (a conv without bias gains one, so
-    the ``state_dict`` keys change). Pairs are found by tracing with :mod:`torch.fx`: a conv
-    whose only user is a batch norm, each called once. A model that cannot be traced folds
-    only convs directly followed by a batch norm inside an ``nn.Sequential``.
-    """
-    result = copy.deepcopy(model)
-    for conv_name, bn_name in _conv_bn_pairs(result):
-        conv = result.get_submodule(conv_name)
-        bn = result.get_submodule(bn_name)
-        if bn.running_mean is None:
-            continue  # no running statistics: normalises with batch statistics even in eval
-        _fold(conv, bn)
-        result.set_submodule(bn_name, nn.Identity())
-    return result
+    return to_channels_last(result) if channels_last else result
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -313,62 +302,3 @@ def _best_seconds(
                 module(x)
                 best[i] = min(best[i], time.perf_counter() - start)
     return best
-
-
-class _Tracer(torch.fx.Tracer):
-    """Keeps convolutions, batch norms and SVD layers as single graph nodes."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.BatchNorm2d, SVDLayer)) or super().is_leaf_module(
-            m, module_qualified_name)
-
-
-def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, batch norm name) for each batch norm that only normalises a conv."""
-    modules = dict(model.named_modules())
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # tracing fails in many ways (data-dependent control flow, ...)
-        return _sequential_pairs(model)
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
-        source = node.args[0]
-        if (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and type(modules[source.target]) in (nn.Conv2d, DenseConv2d)
-                and len(source.users) == 1
-                and calls[source.target] == 1 and calls[node.target] == 1):
-            pairs.append((source.target, node.target))
-    return pairs
-
-
-def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    pairs = []
-    for parent_name, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in itertools.pairwise(children):
-            if type(conv) in (nn.Conv2d, DenseConv2d) and isinstance(bn, nn.BatchNorm2d):
-                prefix = f"{parent_name}." if parent_name else ""
-                pairs.append((prefix + conv_name, prefix + bn_name))
-    return pairs
-
-
-@torch.no_grad()
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale = scale * bn.weight
-        shift = shift * bn.weight + bn.bias
-    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(shift.clone())
-    else:
-        conv.bias.copy_(conv.bias * scale + shift)
