@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import torch
 
 
-__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text", "write_json",
-           "read_json", "save_state", "load_state", "CacheEntry"]
+__all__ = ["RunDir", "RunDirError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+           "write_json", "read_json", "save_state", "load_state", "CacheEntry"]
 
 MANIFEST = "manifest.json"
 
@@ -47,20 +47,29 @@ class RunDirError(UserError):
     """A run directory that cannot be used; the message is one line meant for the user."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one way files are written here: yield a temporary name in ``path``'s folder to
+    write the file to, and rename it onto ``path`` when the block ends (atomic: readers see
+    the old file or the new one), or remove it when the block raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -87,17 +96,9 @@ def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors, atomically (no pickle)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_state(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
