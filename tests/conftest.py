@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny studies on the bundled digits data (seconds per trial)."""
+"""Shared fixtures: one torch thread, tiny studies on the bundled digits data (seconds per
+trial)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 TINY = {
@@ -54,3 +56,15 @@ def tiny_space(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Every test runs torch on one thread. Their tensors are tiny (8x8 digits, batch 64),
+    so extra threads gain nothing, and on a busy machine OpenMP threads waiting for a core
+    cost far more than the work: test_baseline_runs took 194 s on two threads of a loaded
+    2-core machine and 10 s on one. Subprocesses keep their own settings."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

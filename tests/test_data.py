@@ -17,16 +17,7 @@ from PIL import Image
 
 from ranksearch import data
 from ranksearch.data import DataError, load
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run on one thread: the tensors here are tiny, and on a busy machine OpenMP worker
-    threads waiting for a core cost far more than the work (seconds per forward pass)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from ranksearch.datasets.base import split_train
 
 
 def _epoch(ds: data.Dataset, split: str, batch_size: int, train: bool, seed: int | None = None):
@@ -132,14 +123,14 @@ def test_val_stratified(digits) -> None:
 
 def test_split_train_disjoint_and_stratified() -> None:
     labels = np.repeat(np.arange(4), [50, 30, 15, 5])
-    train, val = data._split_train(labels, val_fraction=0.2, seed=7, subset=None)
+    train, val = split_train(labels, val_fraction=0.2, seed=7, subset=None)
     assert len(val) == 20 and len(train) == 80
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(100))
     assert np.bincount(labels[val]).tolist() == [10, 6, 3, 1]
-    small, same_val = data._split_train(labels, val_fraction=0.2, seed=7, subset=40)
+    small, same_val = split_train(labels, val_fraction=0.2, seed=7, subset=40)
     assert np.array_equal(same_val, val) and set(small) <= set(train) and len(small) == 40
     assert np.abs(np.bincount(labels[small]) - np.array([20, 12, 6, 2])).max() <= 1
-    other_train, other_val = data._split_train(labels, val_fraction=0.2, seed=8, subset=None)
+    other_train, other_val = split_train(labels, val_fraction=0.2, seed=8, subset=None)
     assert not np.array_equal(other_val, val)
 
 
@@ -360,12 +351,14 @@ def test_missing_fashion_names_every_place(tmp_path, monkeypatch) -> None:
     assert "\n" not in message
     for place in (tmp_path / "mine", tmp_path / "mine" / "FashionMNIST" / "raw", system):
         assert str(place) in message
-    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    # The field users set; no command has a --data-dir option.
+    assert "set data.dir in the YAML" in message and "--data-dir" not in message
 
 
 def test_named_folder_must_exist(tmp_path) -> None:
     """No silent fallback to another copy (Debian's) when the named folder is wrong."""
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match=r"does not exist \(data.dir in the YAML"):
         load("fashion-mnist", data_dir=tmp_path / "typo")
 
 
@@ -382,6 +375,7 @@ def test_missing_dataset_message(tmp_path, name, folder, hint) -> None:
         load(name, data_dir=tmp_path)
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / folder) in message and hint in message
+    assert "set data.dir in the YAML" in message and "--data-dir" not in message
 
 
 def test_unknown_dataset_and_bad_arguments() -> None:

@@ -13,16 +13,6 @@ from ranksearch import models
 from ranksearch.models import CIFAR_RESNET_DEPTHS, ModelError, create, layer_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run on one thread: the tensors here are tiny, and on a busy machine OpenMP worker
-    threads waiting for a core cost far more than the work (seconds per forward pass)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _count(model: nn.Module, kind: type[nn.Module]) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 
