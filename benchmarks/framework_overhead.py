@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from ranksearch.search import open_run_study
+from ranksearch.search.study import open_run_study
 
 
 def main() -> None:

@@ -47,8 +47,8 @@ def _run_dir_for(args, config) -> Path:
 # --- commands ------------------------------------------------------------------------------
 def cmd_search(args) -> None:
     from . import config as cfg
+    from .app import run_search
     from .runs import RunDir, atomic_write_text
-    from .search import run_search
 
     config = _load_search_config(args.space)
     if args.trials is not None:
@@ -65,14 +65,14 @@ def cmd_search(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    from .search import join_study
+    from .app import join_study
 
     join_study(args.target, run_dir=args.run_dir, worker=args.worker_index,
                progress=not args.quiet)
 
 
 def cmd_status(args) -> None:
-    from .search import status_text
+    from .app import status_text
 
     print(status_text(args.run_dir))
 
@@ -98,7 +98,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report_for_run
+    from .app import write_report_for_run
 
     out = write_report_for_run(args.run_dir, args.out)
     print(f"report written to {out}/index.html")

@@ -96,7 +96,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
                max_flops: str | None = None, min_accuracy: float | None = None) -> Path:
     """Select a trial of the study in ``run_dir`` and export it to ``out``."""
     from .report.pareto import pareto_front, trials_frame
-    from .search import open_run_study
+    from .search.study import open_run_study
 
     run, _, study = open_run_study(run_dir)
     trials = trials_frame(study, run.path)

@@ -36,10 +36,9 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
                export_dir: str = "exports/quickstart", trials: int | None = None,
                max_batches: int | None = None, progress: bool = True) -> dict:
     """Run the quickstart study; returns the headline numbers it prints."""
+    from .app import open_run_study, run_search, write_report_for_run
     from .export import ExportError, export_run
-    from .report import write_report_for_run
     from .report.pareto import reduction_table, trials_frame
-    from .search import open_run_study, run_search
 
     if not QUICKSTART_SPACE.is_file():
         raise cfg.ConfigError(f"{QUICKSTART_SPACE}: missing; the quickstart runs from a source "

@@ -10,7 +10,7 @@ import time
 from ranksearch import cli, config
 from ranksearch.report.pareto import trials_frame
 from ranksearch.runs import RunDir, atomic_write_text
-from ranksearch.search import open_run_study
+from ranksearch.search.study import open_run_study
 
 
 def test_two_methods_two_targets(tiny_space, tmp_path):

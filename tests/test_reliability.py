@@ -143,13 +143,8 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tiny_space, tmp_path
 def test_journal_heartbeats_are_files_and_stale_trials_are_requeued(tmp_path):
     """On a journal the beats are file times, not journal lines; a trial whose beat is older
     than the grace period is failed with a reason and its parameters requeued."""
-    from ranksearch.search.study import (
-        GRACE_S,
-        Heartbeat,
-        fail_stale_trials,
-        heartbeat_folder,
-        open_storage,
-    )
+    from ranksearch.search.storage import heartbeat_folder, open_storage
+    from ranksearch.search.study import GRACE_S, Heartbeat, fail_stale_trials
 
     url = str(tmp_path / "study.journal")
     study = optuna.create_study(storage=open_storage(url), directions=["maximize"])

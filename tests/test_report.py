@@ -30,7 +30,7 @@ from ranksearch.report import (
     trials_frame,
     write_report,
 )
-from ranksearch.report.html import BASELINE_BUDGET_RULE
+from ranksearch.report.text import BASELINE_BUDGET_RULE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -328,7 +328,7 @@ def test_quoted_literature_points_are_drawn(
             "source": ["TRP README"],
         }
     )
-    monkeypatch.setattr("ranksearch.report.html.literature", fake)
+    monkeypatch.setattr("ranksearch.report.data.literature", fake)
     index = write_report(study, run_dir, tmp_path / "r", model="resnet20", dataset="cifar10")
     page = index.read_text()
     assert "quoted: trp-channel" in page and "TRP README" in page
@@ -407,9 +407,10 @@ def test_write_report_for_run_reads_the_run_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ranksearch import config as cfg
-    from ranksearch.report import write_report_for_run
+    from ranksearch.app import write_report_for_run
     from ranksearch.runs import RunDir, atomic_write_text
-    from ranksearch.search.study import create_study, open_storage, storage_url
+    from ranksearch.search.storage import open_storage, storage_url
+    from ranksearch.search.study import create_study
 
     config = cfg.load(Path(__file__).parents[1] / "search_spaces" / "digits_quickstart.yaml")
     run = RunDir(tmp_path / "run").create()
@@ -437,7 +438,8 @@ def test_write_report_for_run_reads_the_run_directory(
 def test_reading_studies_does_not_import_the_training_stack():
     """status, report and export's selection read studies without torch: a cold `ranksearch
     report` then starts in about two seconds instead of ten or more."""
-    code = ("import sys; import ranksearch.cli, ranksearch.report, ranksearch.search; "
+    code = ("import sys; import ranksearch.cli, ranksearch.app, ranksearch.report.writer, "
+            "ranksearch.search.study; "
             "print(sorted(m for m in ('torch', 'torchvision', 'torch_pruning', 'ray') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -125,7 +125,7 @@ def quoted(monkeypatch: pytest.MonkeyPatch) -> None:
             "source": ["Trained Rank Pruning README", "Trained Rank Pruning README"],
         }
     )
-    monkeypatch.setattr("ranksearch.report.html.literature", fake)
+    monkeypatch.setattr("ranksearch.report.data.literature", fake)
 
 
 def open_in_chromium(index: Path, tmp_path: Path, *, webgl: bool) -> tuple[dict, str, list[str]]:

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from ranksearch import cli, pipeline
-from ranksearch.search.study import STORAGE_ENV
+from ranksearch.search.storage import STORAGE_ENV
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

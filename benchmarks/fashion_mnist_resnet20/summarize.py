@@ -34,7 +34,7 @@ from ranksearch.report.pareto import (
     reduction_table,
     trials_frame,
 )
-from ranksearch.search import open_run_study
+from ranksearch.search.study import open_run_study
 
 HERE = Path(__file__).resolve().parent
 

@@ -35,7 +35,7 @@ from ranksearch import config as cfg
 from ranksearch import pipeline
 from ranksearch.report.pareto import hypervolume_history, trials_frame
 from ranksearch.runs import RunDir
-from ranksearch.search import open_run_study
+from ranksearch.search.study import open_run_study
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -24,9 +24,9 @@ import optuna
 
 from ranksearch import config as cfg
 from ranksearch.config import Range, TrialParams
+from ranksearch.objectives import directions
 from ranksearch.runs import RunDir, write_json
 from ranksearch.search.space import suggest
-from ranksearch.search.study import directions
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE_FILE = REPO / "search_spaces" / "digits_quickstart.yaml"

@@ -49,12 +49,8 @@ from _common import (
 from optuna.trial import FrozenTrial, TrialState
 
 from ranksearch.runs import RunDir
-from ranksearch.search.study import (
-    TARGET_ATTR,
-    create_study,
-    heartbeat_folder,
-    open_storage,
-)
+from ranksearch.search.storage import heartbeat_folder, open_storage
+from ranksearch.search.study import TARGET_ATTR, create_study
 
 DURATION_ENV = "RANKSEARCH_BENCH_DURATION"
 RANKS_ENV = "RANKSEARCH_BENCH_RANKS"

@@ -46,16 +46,16 @@ from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from ranksearch import config as cfg
+from ranksearch.app import write_report_for_run
 from ranksearch.report import write_report
-from ranksearch.report.html import write_report_for_run
 from ranksearch.runs import RunDir, atomic_write_text
-from ranksearch.search import open_run_study
+from ranksearch.search.storage import open_storage
 from ranksearch.search.study import (
     HEARTBEAT_ATTR,
     HEARTBEAT_S,
     TARGET_ATTR,
     create_study,
-    open_storage,
+    open_run_study,
 )
 
 GOAL_SECONDS = 10.0
@@ -127,7 +127,8 @@ def rss():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-from ranksearch.search.study import load_study, open_storage
+from ranksearch.search.storage import open_storage
+from ranksearch.search.study import load_study
 before, start = rss(), time.perf_counter()
 trials = load_study(open_storage(sys.argv[1])).get_trials(deepcopy=False)
 print(json.dumps({"load_s": time.perf_counter() - start, "rss_mb": rss() - before}))
@@ -145,8 +146,8 @@ def probe_load(run: RunDir) -> dict[str, float]:
 # What a cold ``ranksearch report`` spends importing: everything it imports now, the torch and
 # torchvision part of that (which the report itself never uses), and the libraries it needs.
 IMPORTS = {
-    "ranksearch_report_imports": "import ranksearch.cli, ranksearch.report.html, "
-                                 "ranksearch.search, ranksearch.baselines",
+    "ranksearch_report_imports": "import ranksearch.cli, ranksearch.app, "
+                                 "ranksearch.report.writer, ranksearch.baselines",
     "torch_torchvision": "import torch, torchvision.models",
     "report_libraries": "import numpy, pandas, optuna, plotly.graph_objects, plotly.io, "
                         "matplotlib.figure, yaml",

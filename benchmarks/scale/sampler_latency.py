@@ -28,8 +28,9 @@ import optuna
 from _common import load_config, summary, synthetic_trials, write_result
 from optuna.trial import TrialState, create_trial
 
+from ranksearch.objectives import directions
 from ranksearch.search.space import suggest
-from ranksearch.search.study import directions, make_sampler
+from ranksearch.search.study import make_sampler
 
 SAMPLERS = ("random", "nsga2", "tpe", "gp")
 

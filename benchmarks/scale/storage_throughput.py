@@ -62,7 +62,8 @@ from optuna.trial import TrialState
 
 from ranksearch.runs import RunDir
 from ranksearch.search import objective, optuna_backend
-from ranksearch.search.study import TARGET_ATTR, create_study, open_storage
+from ranksearch.search.storage import open_storage
+from ranksearch.search.study import TARGET_ATTR, create_study
 
 PG_ROLE = "ranksearch_bench"
 PG_PASSWORD = "ranksearch-bench"  # a throw-away role on a loopback-only server

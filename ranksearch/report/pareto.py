@@ -19,9 +19,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from ranksearch.objectives import OBJECTIVE_NAMES
+
 __all__ = [
     "METRIC_COLUMNS",
-    "OBJECTIVE_NAMES",
     "eligible_mask",
     "kind_label",
     "reference_accuracy",
@@ -56,9 +57,6 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epochs",
     "ranks",
 )
-
-#: Names of the study's objectives, in the order of ``trial.values`` (see docs/internals.md).
-OBJECTIVE_NAMES: tuple[str, ...] = ("accuracy", "flops", "latency_ms")
 
 # Accuracy comparisons against "reference - drop" allow for float rounding of the drop
 # (0.9174 - 0.005 is not exactly 0.9124 in binary).
@@ -381,10 +379,10 @@ def param_importances(study: optuna.Study) -> dict[str, dict[str, float]]:
 
     Uses Optuna's PED-ANOVA evaluator (fast on thousands of trials) over the complete
     trials, with maximised objectives negated because it scores parameters for reaching low
-    target values. Objectives are named as in :data:`OBJECTIVE_NAMES`. Returns ``{}`` when
-    there are fewer than two complete trials or no varying parameter, and leaves out an
-    objective whose evaluation fails (with a warning): importances are an aid to reading the
-    study, never a reason to withhold the report.
+    target values. Objectives are named as in :data:`ranksearch.objectives.OBJECTIVE_NAMES`.
+    Returns ``{}`` when there are fewer than two complete trials or no varying parameter, and
+    leaves out an objective whose evaluation fails (with a warning): importances are an aid
+    to reading the study, never a reason to withhold the report.
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from .. import config as cfg
-from .. import svd
+from .. import objectives, svd
 from ..pipeline import TrialFailed, build_model, dataset, run_trial
 from ..runs import RunDir
 from .space import suggest, training_param_names
@@ -24,7 +24,6 @@ class TrialOutcome:
     """Objective values, or None when the trial failed."""
     metrics: dict[str, Any] | None
     fail_reason: str | None
-    constraints: list[float] | None
 
 
 class Objective:
@@ -63,29 +62,15 @@ class Objective:
         metrics["framework_time_s"] = max(
             0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"])
         trial.set_user_attr("metrics", metrics)
-        values = [metrics["accuracy"], float(metrics["flops"])]
-        if "latency" in self.config.objectives:
-            values.append(metrics["latency_ms"])
-        constraints = self._constraints(metrics)
+        constraints = objectives.constraint_values(self.config, metrics)
         if constraints is not None:
             trial.set_user_attr("constraints", constraints)
         self._share_training(trial)
-        return TrialOutcome(values, metrics, None, constraints)
-
-    def _constraints(self, metrics: dict[str, Any]) -> list[float] | None:
-        c = self.config.constraints
-        if c.max_flops is None and c.min_accuracy is None:
-            return None
-        values = []
-        if c.max_flops is not None:
-            values.append(metrics["flops"] / c.max_flops - 1.0)
-        if c.min_accuracy is not None:
-            values.append(c.min_accuracy - metrics["accuracy"])
-        return values
+        return TrialOutcome(objectives.values(self.config, metrics), metrics, None)
 
     def _failed(self, trial: optuna.Trial, reason: str) -> TrialOutcome:
         trial.set_user_attr("fail_reason", reason)
-        return TrialOutcome(None, None, reason, None)
+        return TrialOutcome(None, None, reason)
 
     def _share_training(self, trial: optuna.Trial) -> None:
         """After a freshly SVD-trained trial, queue trials that reuse its trained model with

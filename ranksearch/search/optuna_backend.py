@@ -22,28 +22,30 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as cfg
+from .. import objectives
 from ..runs import RunDir
+from .backend import Backend, describe_trial, log
 from .objective import Objective
-from .study import (
-    STORAGE_ENV,
-    TARGET_ATTR,
-    Heartbeat,
-    counts,
-    fail_stale_trials,
-    heartbeat_folder,
-    load_study,
-    make_sampler,
-    open_storage,
-)
+from .storage import STORAGE_ENV, heartbeat_folder, open_storage
+from .study import TARGET_ATTR, Heartbeat, counts, fail_stale_trials, load_study, make_sampler
 
-__all__ = ["run_worker", "launch_workers"]
+__all__ = ["OptunaBackend", "run_worker", "launch_workers"]
 
 POLL_S = 2.0
 MAX_RESTARTS = 5
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+class OptunaBackend(Backend):
+    """``workers`` worker processes on this host, each pulling trials from the study."""
+
+    name = "optuna"
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+
+    def run(self, config: cfg.StudyConfig, run: RunDir, storage_url: str, *,
+            progress: bool = True) -> None:
+        launch_workers(config, run, storage_url, self.workers, progress=progress)
 
 
 @contextlib.contextmanager
@@ -55,13 +57,6 @@ def _ask_lock(run: RunDir) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _describe(number: int, metrics: dict) -> str:
-    return (f"trial {number}: accuracy {metrics['accuracy']:.4f}  "
-            f"FLOPs {metrics['flops'] / 1e6:.2f}M ({metrics['flops_reduction']:.2f}x)  "
-            f"{metrics['wall_time_s']:.1f}s"
-            + ("  [reused SVD training]" if metrics.get("svd_cached") else ""))
 
 
 def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
@@ -105,12 +100,10 @@ def run_worker(
 ) -> int:
     """Run trials until the study holds its target of complete trials. Returns how many this
     worker completed."""
-    constraints = (config.constraints.max_flops is not None
-                   or config.constraints.min_accuracy is not None)
     study = load_study(open_storage(storage_url), config.name)
     # The seed depends on the trials already there too, or a resumed worker would replay the
     # same startup points as its previous run.
-    study.sampler = make_sampler(config.sampler, constraints, worker,
+    study.sampler = make_sampler(config.sampler, objectives.has_constraints(config), worker,
                                  trials_before=len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
     beats = heartbeat_folder(storage_url)
@@ -134,7 +127,7 @@ def run_worker(
             continue
         study.tell(trial, outcome.values)
         done += 1
-        log(_describe(trial.number, outcome.metrics))
+        log(describe_trial(trial.number, outcome.metrics))
 
 
 def _die_with_parent() -> None:

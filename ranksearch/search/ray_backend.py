@@ -42,22 +42,15 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import config as cfg
+from .. import objectives
 from ..runs import RunDir
+from .backend import Backend, describe_trial, log
 from .objective import Objective
-from .optuna_backend import _describe, log
 from .space import suggest
-from .study import (
-    TARGET_ATTR,
-    Heartbeat,
-    counts,
-    fail_stale_trials,
-    heartbeat_folder,
-    load_study,
-    make_sampler,
-    open_storage,
-)
+from .storage import absolute_url, heartbeat_folder, open_storage
+from .study import TARGET_ATTR, Heartbeat, counts, fail_stale_trials, load_study, make_sampler
 
-__all__ = ["run_ray_search", "EXPERIMENT"]
+__all__ = ["RayBackend", "run_ray_search", "EXPERIMENT"]
 
 EXPERIMENT = "tune"
 """Name of the Ray Tune experiment folder under ``RUN_DIR/ray``."""
@@ -73,6 +66,22 @@ FAILED_KEY = "fail_reason"
 _bound_storage: BaseStorage | None = None
 
 
+class RayBackend(Backend):
+    """Ray Tune on a private local cluster, or on an existing one at ``address``; see
+    :func:`run_ray_search` for the arguments."""
+
+    name = "ray"
+
+    def __init__(self, *, concurrency: int = 1, address: str | None = None,
+                 gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0) -> None:
+        self.options = {"concurrency": concurrency, "address": address,
+                        "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial}
+
+    def run(self, config: cfg.StudyConfig, run: RunDir, storage_url: str, *,
+            progress: bool = True) -> None:
+        run_ray_search(config, run, storage_url, progress=progress, **self.options)
+
+
 def run_ray_search(
     config: cfg.StudyConfig, run: RunDir, storage_url: str, *, concurrency: int = 1,
     address: str | None = None, progress: bool = True, gpus_per_trial: float | None = None,
@@ -81,7 +90,7 @@ def run_ray_search(
     """Run the study of ``config`` under Ray Tune until it holds its target of complete
     trials (the study's ``n_trials`` user attribute, set to ``config.trials`` if missing).
 
-    The study must exist in ``storage_url`` (``run_search`` creates it and caches the
+    The study must exist in ``storage_url`` (``ranksearch.app.run_search`` creates it and caches the
     reference first). ``address`` joins an existing Ray cluster; without it a private local
     one is started with every CPU of this host, and stopped at the end. Each trial reserves
     ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (fractions share a card; by default
@@ -96,7 +105,7 @@ def run_ray_search(
         _check_reachable(address)
     # Trainables run in Ray worker processes, maybe on other hosts, in another directory.
     run = RunDir(run.path.resolve())
-    url = _absolute(storage_url)
+    url = absolute_url(storage_url)
     storage = open_storage(url)
     study = load_study(storage, config.name)
     if TARGET_ATTR not in study.user_attrs:  # the searchers read the target from here
@@ -120,7 +129,7 @@ def run_ray_search(
         fail_stale_trials(study, study.get_trials(deepcopy=False), folder=heartbeat_folder(url))
         # One sampler for every round, so that its random draws go on rather than repeat; its
         # seed is offset by the trials already in the study, so a resumed search draws anew.
-        sampler = make_sampler(config.sampler, _has_constraints(config),
+        sampler = make_sampler(config.sampler, objectives.has_constraints(config),
                                trials_before=len(study.get_trials(deepcopy=False)))
         failures_in_a_row = 0
         while True:
@@ -129,7 +138,8 @@ def run_ray_search(
             if missing <= 0:
                 return
             searcher = _StudySearch(
-                space=space, metric=_metrics(config), mode=_modes(config), sampler=sampler,
+                space=space, metric=objectives.names(config), mode=objectives.ray_modes(config),
+                sampler=sampler,
                 study_name=config.name, storage=storage,
             )
             searcher.failures_in_a_row = failures_in_a_row
@@ -158,7 +168,7 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
                ) -> Callable[[dict[str, Any]], None]:
     """The Ray function trainable: runs :class:`Objective` on the Optuna trial that the
     searcher asked for, and reports its objective values."""
-    metric_names = _metrics(config)
+    metric_names = objectives.names(config)
     beats = heartbeat_folder(url)
     # One of each per worker process, reused by its trials. The storage stays open so that a
     # journal is read on from where the last trial left it instead of replayed from the start,
@@ -256,7 +266,7 @@ class _StudySearch(OptunaSearch):
         frozen = self._storage.get_trial(ot_trial._trial_id)
         if frozen.state == TrialState.COMPLETE:
             self.failures_in_a_row = 0
-            log(_describe(frozen.number, frozen.user_attrs["metrics"]))
+            log(describe_trial(frozen.number, frozen.user_attrs["metrics"]))
         elif frozen.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             self.last_fail_reason = frozen.user_attrs.get("fail_reason")
@@ -299,20 +309,6 @@ def _bound(storage: BaseStorage) -> Iterator[None]:
         yield
     finally:
         _bound_storage = None
-
-
-def _metrics(config: cfg.StudyConfig) -> list[str]:
-    """Names of the reported objective values, in the study's order."""
-    return ["accuracy", "flops"] + (["latency_ms"] if "latency" in config.objectives else [])
-
-
-def _modes(config: cfg.StudyConfig) -> list[str]:
-    return ["max"] + ["min"] * (len(_metrics(config)) - 1)
-
-
-def _has_constraints(config: cfg.StudyConfig) -> bool:
-    c = config.constraints
-    return c.max_flops is not None or c.min_accuracy is not None
 
 
 def _trial_name(trial: Trial) -> str:
@@ -373,18 +369,6 @@ def _default_gpus(config: cfg.StudyConfig) -> float:
     """One GPU per trial when the cluster has GPUs and the config may use them."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     return 1.0 if has_gpus and config.device != "cpu" else 0.0
-
-
-def _absolute(url: str) -> str:
-    """The storage URL with a relative journal or SQLite path made absolute, since Ray
-    workers run in another directory."""
-    if "://" not in url:
-        return str(Path(url).resolve())
-    scheme, rest = url.split("://", 1)
-    if scheme.split("+", 1)[0] == "sqlite" and rest.startswith("/") \
-            and not rest.startswith("//") and rest not in ("/", "/:memory:"):
-        return f"{scheme}:///{Path(rest[1:]).resolve()}"
-    return url
 
 
 def _unfinished(experiment: Path) -> bool:

@@ -1,7 +1,7 @@
-"""The Optuna study behind a run: storage, creation, samplers, counts and liveness.
+"""The Optuna study behind a run: creation, loading, samplers, counts and liveness.
 
 Both backends (Optuna workers and Ray Tune) read and write the same study, so ``status``,
-``report`` and ``export`` never care which one ran it.
+``report`` and ``export`` never care which one ran it. Where it is stored: :mod:`.storage`.
 """
 
 from __future__ import annotations
@@ -16,97 +16,26 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import config as cfg
-from ..errors import UserError
-from ..runs import RunDir, atomic_write_text
+from .. import objectives
+from ..runs import RunDir
+from .storage import StorageError, open_storage, require_study, run_storage_url
 
 __all__ = [
-    "StorageError", "open_storage", "storage_url", "create_study", "load_study", "make_sampler",
-    "counts", "Heartbeat", "heartbeat_folder", "fail_stale_trials", "HEARTBEAT_S", "GRACE_S",
-    "TARGET_ATTR", "STORAGE_ENV",
+    "create_study", "load_study", "study_config", "open_run_study", "make_sampler",
+    "sampler_seed", "counts", "Heartbeat", "fail_stale_trials", "HEARTBEAT_S", "GRACE_S",
+    "TARGET_ATTR",
 ]
 
-STORAGE_ENV = "RANKSEARCH_STORAGE"
-"""Environment variable through which a launcher hands a storage URL to its worker processes,
-so that a password never appears on a command line or in a file."""
 GRACE_S = float(os.environ.get("RANKSEARCH_HEARTBEAT_GRACE", "60"))
 """Seconds without a heartbeat after which a running trial counts as dead (tests shorten it)."""
 HEARTBEAT_S = GRACE_S / 6
 HEARTBEAT_ATTR = "ranksearch:heartbeat"
 TARGET_ATTR = "n_trials"
 """Study user attribute: how many complete trials the study is to reach (``--trials``)."""
-
-
-class StorageError(UserError):
-    """A storage that cannot be opened; the message is one line with the password masked."""
-
-
-def storage_url(run: RunDir, url: str | None) -> str:
-    """The storage a run uses: ``url`` if given, else the journal file in the run directory."""
-    return url if url else str(run.journal_path)
-
-
-def open_storage(url: str) -> BaseStorage:
-    """Open an Optuna storage from a URL or a journal file path.
-
-    ``postgresql://``, ``mysql://``, ``sqlite:///`` open an RDB storage; ``redis://`` a journal
-    on Redis; anything else is a journal file path (safe for several processes on one host
-    and for hosts sharing a file system with working locks).
-    """
-    shown = cfg.mask_url(url)
-    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
-    try:
-        if scheme in ("postgresql", "mysql", "sqlite"):
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        if scheme == "redis":
-            from optuna.storages.journal import JournalRedisBackend
-
-            return JournalStorage(JournalRedisBackend(url))
-        if scheme:
-            raise StorageError(
-                f"{shown}: unknown storage; expected postgresql://, mysql://, sqlite:///, "
-                "redis:// or a journal file path"
-            )
-        path = _journal_path(url)
-        if not path.parent.is_dir():
-            raise StorageError(f"{shown}: the folder of the journal file does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
-    except StorageError:
-        raise
-    except ImportError as err:
-        # Optuna reports any failure to connect as an ImportError; the cause says what it was.
-        cause = err.__cause__ or err.__context__ or err
-        missing = getattr(cause, "name", None) or err.name
-        if missing:
-            raise StorageError(f"{shown}: the database driver {missing!r} is missing; install "
-                               f"it with pip (e.g. pip install 'ranksearch[postgres]')") from None
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise StorageError(f"{shown}: cannot open the storage ({cfg.mask_url(reason)})") \
-            from None
-    except Exception as err:  # SQLAlchemy and Redis raise many types; the user needs one line
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StorageError(f"{shown}: cannot open the storage ({cfg.mask_url(reason)})") \
-            from None
-
-
-def _journal_path(url: str) -> Path:
-    path = Path(url)
-    return path / "study.journal" if path.is_dir() else path
-
-
-def heartbeat_folder(url: str) -> Path | None:
-    """Where the heartbeats of a study on a journal file go: one file per running trial,
-    beside the journal, whose modification time is the last beat. A beat appended to the
-    journal would be replayed by every later reader (60 lines per 10-minute trial, five times
-    the trials' own lines), whereas an RDB storage updates one row in place. None for storages
-    other than a journal file."""
-    if "://" in url:
-        return None
-    return _journal_path(url).parent / "heartbeats"
 
 
 def sampler_seed(seed: int, worker: int, trials_before: int) -> int:
@@ -152,15 +81,11 @@ def _constraints(trial: FrozenTrial) -> list[float]:
     return trial.user_attrs.get("constraints", [1.0])
 
 
-def directions(config: cfg.StudyConfig) -> list[str]:
-    return ["maximize", "minimize"] + (["minimize"] if "latency" in config.objectives else [])
-
-
 def create_study(config: cfg.StudyConfig, storage: BaseStorage, sampler=None) -> optuna.Study:
     """Create the study named ``config.name`` or load it; the config travels in its user
     attributes so that a worker on another host needs only the storage URL."""
     study = optuna.create_study(
-        study_name=config.name, storage=storage, directions=directions(config),
+        study_name=config.name, storage=storage, directions=objectives.directions(config),
         sampler=sampler, load_if_exists=True,
     )
     existing = study.user_attrs.get("config")
@@ -208,9 +133,13 @@ def counts(trials: list[FrozenTrial]) -> Counter:
     return Counter(t.state.name for t in trials)
 
 
-def write_storage_note(run: RunDir, url: str) -> None:
-    """Record which storage a run uses, password masked (a worker is given the real URL)."""
-    atomic_write_text(run.storage_path, cfg.mask_url(url) + "\n")
+def open_run_study(run_dir: str | Path) -> tuple[RunDir, cfg.StudyConfig, optuna.Study]:
+    """The run directory, its config and its study (for status, report and export)."""
+    run = RunDir(run_dir).require_existing()
+    config = cfg.load(run.config_path)
+    url = run_storage_url(run)
+    require_study(run, url)
+    return run, config, load_study(open_storage(url), config.name)
 
 
 class Heartbeat:
@@ -294,6 +223,3 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
         failed += 1
     return failed
 
-
-def pid_tag() -> str:
-    return f"{os.uname().nodename}:{os.getpid()}"

@@ -1,0 +1,157 @@
+"""What the command line and the quickstart orchestrate: run a search, join one, read its
+status, run its baselines and write its report.
+
+Each function composes the layers below it: the config and run directory, the study
+(:mod:`ranksearch.search`), the baselines and the report (:mod:`ranksearch.report`), which
+never import one another.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import config as cfg
+from .runs import RunDir, RunDirError, atomic_write_text
+from .search.backend import Backend
+from .search.storage import (
+    STORAGE_ENV,
+    is_journal_file,
+    open_storage,
+    require_study,
+    run_storage_url,
+    storage_url,
+    write_storage_note,
+)
+from .search.study import (
+    TARGET_ATTR,
+    counts,
+    create_study,
+    load_study,
+    open_run_study,
+    study_config,
+)
+
+__all__ = [
+    "run_search", "join_study", "status_text", "run_baselines", "write_report_for_run",
+    "open_run_study", "make_backend",
+]
+
+
+def make_backend(name: str = "optuna", *, workers: int = 1, address: str | None = None,
+                 gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0) -> Backend:
+    """The backend ``name`` (``optuna`` or ``ray``); ``workers`` is the number of worker
+    processes (optuna) or of concurrent trials (ray)."""
+    # The backends import the training stack (and Ray); status, report and export do not.
+    if name == "ray":
+        from .search.ray_backend import RayBackend
+
+        return RayBackend(concurrency=workers, address=address, gpus_per_trial=gpus_per_trial,
+                          cpus_per_trial=cpus_per_trial)
+    from .search.optuna_backend import OptunaBackend
+
+    return OptunaBackend(workers)
+
+
+def run_search(
+    config: cfg.StudyConfig, run: RunDir, *, backend: str = "optuna", workers: int = 1,
+    address: str | None = None, progress: bool = True, gpus_per_trial: float | None = None,
+    cpus_per_trial: float = 1.0,
+) -> None:
+    """Start or resume the study of ``config`` in ``run`` until it holds ``config.trials``
+    complete trials, then run the baselines the config asks for."""
+    from . import pipeline
+
+    if workers < 1:
+        raise cfg.ConfigError(f"--workers: expected a positive number, got {workers}")
+    runner = make_backend(backend, workers=workers, address=address,
+                          gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+    url = storage_url(run, config.storage)
+    if config.storage:
+        write_storage_note(run, url)
+    study = create_study(config, open_storage(url))
+    study.set_user_attr(TARGET_ATTR, config.trials)
+    # The reference is trained here, once, before any worker starts: every trial and every
+    # baseline then loads the same cached model.
+    _, ref_metrics = pipeline.reference(config, run, progress=progress)
+    study.set_user_attr("reference", ref_metrics)
+    runner.run(config, run, url, progress=progress)
+    run_baselines(config, run, progress=progress)
+
+
+def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True) -> None:
+    """The study's baselines, if its config has any: every worker takes the runs nobody has
+    taken yet."""
+    if config.baselines is not None:
+        from .baselines import run_baselines as run_all
+
+        run_all(config, run, progress=progress)
+
+
+def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
+               progress: bool = True) -> None:
+    """Join a study as one more worker: ``target`` is a run directory or a storage URL."""
+    from .search.optuna_backend import run_worker
+
+    if Path(target).is_dir():
+        run = RunDir(target).require_existing()
+        config = cfg.load(run.config_path)
+        url = run_storage_url(run)
+        if not os.environ.get(STORAGE_ENV):
+            require_study(run, url)
+    else:
+        if is_journal_file(target):
+            raise RunDirError(f"{target}: no such run directory, and not a storage URL")
+        url = target
+        config = study_config(load_study(open_storage(url)))
+        run = RunDir(run_dir or Path("runs") / config.name).create()
+        if not run.config_path.is_file():
+            atomic_write_text(run.config_path, cfg.dump(config))
+    run_worker(config, run, url, worker=worker, progress=progress)
+    run_baselines(config, run, progress=progress)
+
+
+def status_text(run_dir: str | Path) -> str:
+    """Counts of trials by state and the current Pareto front, as text."""
+    from .report.pareto import pareto_front, trials_frame
+
+    run, config, study = open_run_study(run_dir)
+    trials = study.get_trials(deepcopy=False)
+    c = counts(trials)
+    target = study.user_attrs.get(TARGET_ATTR, config.trials)
+    lines = [
+        f"study {config.name} ({run.path})",
+        f"trials: {c['COMPLETE']} complete of {target}, {c['RUNNING']} running, "
+        f"{c['FAIL']} failed, {c['WAITING']} queued",
+    ]
+    ref = study.user_attrs.get("reference")
+    if ref:
+        lines.append(f"reference: accuracy {ref['accuracy']:.4f}, FLOPs {ref['flops']:,}")
+    baselines = run.baseline_results()
+    if config.baselines is not None:
+        wanted = len(config.baselines.methods) * len(config.baselines.targets)
+        lines.append(f"baselines: {len(baselines)} of {wanted} done")
+    front = pareto_front(trials_frame(study, run.path))
+    if len(front):
+        lines.append("Pareto front (val accuracy, FLOPs, reduction):")
+        for row in front.itertuples():
+            lines.append(f"  trial {int(row.number):>4}  {row.accuracy:.4f}  {int(row.flops):>12,}"
+                         f"  {row.flops_reduction:.2f}x")
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    for t in failed[-5:]:
+        lines.append(f"  failed trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}")
+    return "\n".join(lines)
+
+
+def write_report_for_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the report of the study in ``run_dir`` (``ranksearch report``); return ``out_dir``.
+
+    ``out_dir`` defaults to ``reports/<study name>``. Model and dataset (for the quoted
+    literature points) come from the run's config.
+    """
+    from .report import write_report
+
+    run, config, study = open_run_study(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
+    write_report(study, run.path, out, model=config.model.name, dataset=config.data.name)
+    return out

@@ -1,0 +1,333 @@
+"""What the report shows, shaped once from a study and its run directory; the renderers (the
+plotly page, pareto.png, summary.md) only draw it.
+
+:func:`report_data` reads the study into a :class:`ReportData`; its :class:`ParetoChart` is the
+accuracy-against-cost chart as a list of :class:`Series` (which rows, how named, which colour),
+drawn by both :mod:`.figures` (plotly) and :mod:`.png` (matplotlib), as Optuna's
+``_ParetoFrontInfo`` is by its plotly and matplotlib modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from ranksearch import config as cfg
+from ranksearch import literature
+from ranksearch.report.pareto import (
+    eligible_mask,
+    hypervolume_history,
+    kind_label,
+    param_importances,
+    pareto_front,
+    reduction_table,
+    reference_accuracy,
+    reference_flops,
+    trials_frame,
+)
+
+__all__ = [
+    "ReportData", "ParetoChart", "Series", "report_data", "HYPERVOLUME_REFERENCE",
+    "MAX_DOMINATED_POINTS", "FRONT_COLOR", "BASELINE_COLORS",
+]
+
+#: Reference point of the hypervolume, in the normalised space (accuracy, FLOPs / reference).
+HYPERVOLUME_REFERENCE: tuple[float, float] = (0.0, 1.0)
+# Dominated points drawn at most in the interactive chart: beyond this the page grows past
+# a few MB and the browser slows, while the shape of the cloud is already clear. The front
+# is always drawn in full.
+MAX_DOMINATED_POINTS = 2000
+# Above this many points a chart switches to WebGL (scattergl); below, SVG is crisper and
+# works where WebGL is unavailable.
+WEBGL_THRESHOLD = 1000
+
+FRONT_COLOR = "#1f5fbf"
+CLOUD_COLOR = "#7fa7e0"
+TRUNCATED_COLOR = "#9e9e9e"
+QUOTED_COLOR = "#444444"
+REFERENCE_COLOR = "#111111"
+BASELINE_COLORS = ("#e8710a", "#188038", "#9334e6", "#b0413e", "#00838f", "#827717")
+
+Role = Literal["dominated", "truncated", "front", "baseline", "quoted", "reference"]
+Axis = Literal["flops", "latency_ms"]
+
+
+@dataclass(frozen=True)
+class Series:
+    """Points drawn alike, e.g. one baseline method's runs."""
+
+    role: Role
+    label: str
+    key: str
+    """Stable id: the page's trace uid (with the axis appended)."""
+    rows: pd.DataFrame
+    """Rows of the trials frame with their index; for ``quoted``, the published points with
+    ``flops`` placed at the reference's FLOPs / quoted reduction."""
+    color: str
+    position: int = 0
+    """Index among the series of its role (marker cycles)."""
+    brief: str = ""
+    """A shorter label, for the legend of a static image; the label when empty."""
+
+    @property
+    def short_label(self) -> str:
+        return self.brief or self.label
+
+
+@dataclass(frozen=True)
+class ParetoChart:
+    """Accuracy against FLOPs (or latency) of every point: the SVD front, the other complete
+    SVD trials, each baseline method, published (quoted) points and the dense reference.
+
+    ``sample`` is the index of the non-front trials the page draws: all of ``others``, or a
+    fixed random sample of ``max_dominated`` of them. ``accuracy_range`` is the initial
+    accuracy axis (%), None (autorange) without a front.
+    """
+
+    front: pd.DataFrame
+    others: pd.DataFrame
+    sample: pd.Index
+    eligible: pd.Series
+    baselines: dict[str, pd.DataFrame]
+    quoted: list[Series]
+    reference: pd.DataFrame
+    complete_count: int
+    unplottable: int
+    accuracy_range: list[float] | None = field(default=None)
+
+    @property
+    def shown(self) -> int:
+        """SVD trials the page draws."""
+        return len(self.front) + len(self.sample)
+
+    @property
+    def use_webgl(self) -> bool:
+        return self.shown > WEBGL_THRESHOLD
+
+    def series(self, axis: Axis = "flops", *, sampled: bool = True) -> list[Series]:
+        """What is drawn against ``axis``, in drawing order: only rows with a value on that
+        axis, and quoted points only against FLOPs. With ``sampled``, the non-front trials
+        are the page's sample; else all of them. The cloud and the front are always listed
+        (maybe empty); other series only when they hold a point."""
+        others = self.others.loc[self.sample] if sampled else self.others
+        eligible = self.eligible.loc[others.index]
+        front_label = "SVD training: Pareto front" if axis == "flops" else \
+            "SVD training: FLOPs front"
+        listed = [
+            Series("dominated", "SVD trials (dominated)", "svd-dominated", others[eligible],
+                   CLOUD_COLOR, brief="SVD trials"),
+            Series("truncated", "SVD trials (truncated or diverged, never on the front)",
+                   "svd-truncated", others[~eligible], TRUNCATED_COLOR,
+                   brief="truncated or diverged"),
+            Series("front", front_label, "svd-front", self.front, FRONT_COLOR),
+        ]
+        listed.extend(
+            Series("baseline", kind_label(kind), kind.replace(":", "-"), frame,
+                   BASELINE_COLORS[i % len(BASELINE_COLORS)], i)
+            for i, (kind, frame) in enumerate(self.baselines.items())
+        )
+        if axis == "flops":
+            listed.extend(self.quoted)
+        listed.append(Series("reference", "dense reference", "reference", self.reference,
+                             REFERENCE_COLOR))
+        drawn = []
+        for s in listed:
+            rows = s.rows[np.isfinite(s.rows[axis].to_numpy(dtype=float))]
+            if len(rows) or s.role in ("dominated", "front"):
+                drawn.append(dataclasses.replace(s, rows=rows))
+        return drawn
+
+    def note(self) -> str:
+        """What the accuracy-vs-FLOPs chart of the page shows, in words."""
+        note = (
+            f"{self.shown:,} of {self.complete_count:,} complete SVD trials drawn "
+            f"({len(self.front):,} on the front)"
+        )
+        if len(self.others) > len(self.sample):
+            note += (
+                f"; the others are a random sample (seed 0) of {len(self.sample):,} out of "
+                f"{len(self.others):,}, while the front is drawn in full"
+            )
+        if self.unplottable:
+            note += f"; {self.unplottable:,} complete trials have no accuracy or FLOPs"
+        if self.accuracy_range is not None:
+            below = int((self.others["accuracy"] * 100 < self.accuracy_range[0]).sum())
+            if below:
+                note += (
+                    f"; {below:,} trials lie below the initial accuracy axis "
+                    "(double-click the chart to show everything)"
+                )
+        return note + "."
+
+
+def pareto_chart(df: pd.DataFrame, front: pd.DataFrame, quoted_points: pd.DataFrame,
+                 max_dominated: int) -> ParetoChart:
+    """The chart of the trials frame ``df`` (its SVD ``front`` given), with the published
+    points ``quoted_points`` (columns of :func:`ranksearch.literature.points`)."""
+    eligible = eligible_mask(df)
+    complete = (df["kind"] == "svd") & (df["state"] == "COMPLETE")
+    plottable = complete & np.isfinite(df["accuracy"]) & np.isfinite(df["flops"])
+    others = df[plottable & ~df.index.isin(front.index)]
+    sample = others.index
+    if len(others) > max_dominated:
+        # A fixed seed keeps the page identical between runs of the same study.
+        sample = others.sample(n=max_dominated, random_state=0).sort_index().index
+    reference = df[df["kind"] == "reference"]
+    ref_flops = reference_flops(df)
+    quoted = []
+    if not quoted_points.empty and np.isfinite(ref_flops):
+        for i, (method, frame) in enumerate(quoted_points.groupby("method", sort=True)):
+            rows = frame.assign(flops=ref_flops / frame["flops_reduction"], latency_ms=np.nan)
+            quoted.append(Series("quoted", f"quoted: {method}", f"quoted-{i}", rows,
+                                 QUOTED_COLOR, i))
+    chart = ParetoChart(
+        front=front,
+        others=others,
+        sample=sample,
+        eligible=eligible,
+        baselines={
+            kind: df[(df["kind"] == kind) & eligible].sort_values("flops")
+            for kind in sorted(k for k in df["kind"].unique() if k.startswith("baseline:"))
+        },
+        quoted=quoted,
+        reference=reference,
+        complete_count=int(complete.sum()),
+        unplottable=int((complete & ~plottable).sum()),
+    )
+    return dataclasses.replace(chart, accuracy_range=_accuracy_range(chart, quoted_points))
+
+
+def _accuracy_range(chart: ParetoChart, quoted_points: pd.DataFrame) -> list[float] | None:
+    """Accuracy axis (%) framing the front, baselines, reference and quoted points: trials far
+    below them (a diverging corner of the space) would squash the region that matters."""
+    if chart.front.empty:
+        return None
+    parts = [chart.front["accuracy"], chart.reference["accuracy"]]
+    parts.extend(b["accuracy"] for b in chart.baselines.values())
+    if not quoted_points.empty:
+        parts.append(quoted_points["accuracy"])
+    focus = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    focus = focus[np.isfinite(focus)]
+    high = max(
+        float(chart.others["accuracy"].max()) if len(chart.others) else -1.0, float(focus.max())
+    )
+    low = float(focus.min())
+    pad = max(0.005, 0.05 * (high - low))
+    return [100 * (low - pad), 100 * (high + pad)]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report shows. ``trials`` is :func:`~.pareto.trials_frame`; ``front``
+    its SVD front; ``excluded`` the SVD trials that may not stand on it, with a ``reason``."""
+
+    title: str
+    subtitle: str
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    chart: ParetoChart
+    quoted_points: pd.DataFrame
+    reference_accuracy: float
+    reference_flops: float
+    reduction: pd.DataFrame
+    history: pd.DataFrame
+    hypervolume: float
+    excluded: pd.DataFrame
+    importances: dict[str, dict[str, float]]
+    state_counts: dict[str, int]
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether any point but the reference has a measured latency."""
+        latency = self.trials.loc[self.trials["kind"] != "reference", "latency_ms"]
+        return bool(np.isfinite(latency).any())
+
+
+def report_data(
+    study: optuna.Study,
+    run_dir: Path | None,
+    *,
+    title: str | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    max_dominated: int = MAX_DOMINATED_POINTS,
+) -> ReportData:
+    """The report of ``study``, with the baselines of ``run_dir`` (none when None); see
+    :func:`ranksearch.report.write_report` for the arguments."""
+    df = trials_frame(study, run_dir)
+    if model is None or dataset is None:
+        found_model, found_dataset = _model_and_dataset(study, run_dir)
+        model, dataset = model or found_model, dataset or found_dataset
+    title = title or (
+        f"{model} on {dataset}: SVD training Pareto report"
+        if model and dataset
+        else f"{study.study_name}: SVD training Pareto report"
+    )
+    quoted_points = literature.points(model, dataset) if model and dataset else pd.DataFrame()
+    front = pareto_front(df)
+    ref_acc = reference_accuracy(df)
+    history = hypervolume_history(df, HYPERVOLUME_REFERENCE)
+    return ReportData(
+        title=title,
+        subtitle=f"study {study.study_name}" + (f" · {model} · {dataset}" if model else ""),
+        trials=df,
+        front=front,
+        chart=pareto_chart(df, front, quoted_points, max_dominated),
+        quoted_points=quoted_points,
+        reference_accuracy=ref_acc,
+        reference_flops=reference_flops(df),
+        reduction=reduction_table(df, ref_acc) if np.isfinite(ref_acc) else pd.DataFrame(),
+        history=history,
+        hypervolume=float(history["hypervolume"].iloc[-1]) if len(history) else 0.0,
+        excluded=_excluded_trials(df),
+        importances=param_importances(study),
+        state_counts={
+            str(k): int(v) for k, v in df.loc[df["kind"] == "svd", "state"].value_counts().items()
+        },
+    )
+
+
+def _model_and_dataset(study: optuna.Study, run_dir: Path | None) -> tuple[str | None, str | None]:
+    """Model and dataset names of the study, for matching literature points: from the run's
+    ``config.yaml``, else the config the search keeps in the study's ``config`` user attr.
+    (None, None) when neither is there or valid: the report then quotes nothing."""
+    config_path = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    try:
+        if config_path is not None and config_path.is_file():
+            config = cfg.load(config_path)
+        elif isinstance(study.user_attrs.get("config"), str):
+            config = cfg.loads(study.user_attrs["config"], "the study's config")
+        else:
+            return None, None
+    except cfg.ConfigError:
+        return None, None
+    return config.model.name, config.data.name
+
+
+def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """SVD trials that ran but may not stand on the front (failed, pruned, truncated,
+    diverged), with the reason why."""
+    svd = df[(df["kind"] == "svd") & df["state"].isin(["COMPLETE", "FAIL", "PRUNED"])]
+    excluded = svd[~eligible_mask(svd)].copy()
+    reasons = []
+    for row in excluded.itertuples():
+        if isinstance(row.fail_reason, str) and row.fail_reason:
+            reasons.append(row.fail_reason)
+        elif row.state == "PRUNED":
+            reasons.append("pruned (stopped early)")
+        elif row.state == "FAIL":
+            reasons.append("failed (no reason recorded)")
+        elif row.status == "diverged":
+            reasons.append("diverged")
+        elif not row.full_budget:
+            reasons.append("truncated: not trained on the full budget")
+        else:
+            reasons.append("no accuracy or FLOPs recorded")
+    excluded["reason"] = reasons
+    return excluded.sort_values("number")

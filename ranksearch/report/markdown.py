@@ -1,0 +1,71 @@
+"""``summary.md``: the report's headline numbers as markdown."""
+
+from __future__ import annotations
+
+from ranksearch.conventions import FLOPS_CONVENTION
+from ranksearch.report import text
+from ranksearch.report.data import ReportData
+
+__all__ = ["summary"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def summary(data: ReportData) -> str:
+    """The text of ``summary.md``."""
+    df = data.trials
+    reference = df[df["kind"] == "reference"]
+    ref_line = (
+        f"- Dense reference: validation accuracy {text.pct(reference['accuracy'].iloc[0])}, "
+        f"test accuracy {text.pct(reference['test_accuracy'].iloc[0])}, "
+        f"{text.mflops(reference['flops'].iloc[0])}, "
+        f"{reference['params'].iloc[0]:,.0f} parameters."
+        if len(reference)
+        else "- Dense reference: not recorded in the study."
+    )
+    counts = data.state_counts
+    baselines = df[df["kind"].str.startswith("baseline:")]
+    methods = sorted(baselines["method"].value_counts().items())
+    reduction = data.reduction
+    lines = [
+        f"# {data.title}",
+        "",
+        data.subtitle,
+        "",
+        ref_line,
+        f"- SVD trials: {sum(counts.values())} ("
+        + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        + f"); {len(data.excluded)} failed, pruned, truncated or diverged, never on the front.",
+        f"- Pareto front: {len(data.front)} points (pareto.csv).",
+        f"- Baseline runs: {len(baselines)}"
+        + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")
+        + ".",
+        "",
+        "## Largest FLOPs reduction within a given drop of the reference accuracy",
+        "",
+        _table(text.reduction_header(reduction), text.reduction_rows(reduction))
+        if len(reduction)
+        else "No points.",
+        "",
+        "FLOPs reduction = reference FLOPs / point FLOPs; drops in percentage points of "
+        "validation accuracy; — where no point qualifies.",
+        "",
+        "## Hypervolume",
+        "",
+        f"{data.hypervolume:.4f} after {len(data.history)} complete full-budget SVD trials, "
+        f"{text.HYPERVOLUME_TEXT}.",
+        "",
+        "## Conventions",
+        "",
+        f"- {FLOPS_CONVENTION}.",
+        "- Accuracy: top-1 on the held-out validation split (the search objective); test "
+        "accuracy is in trials.csv.",
+        f"- Baselines: {text.BASELINE_BUDGET_RULE}.",
+        "- The front holds only complete trials trained on the full budget.",
+        "",
+    ]
+    return "\n".join(lines)

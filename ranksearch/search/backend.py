@@ -1,0 +1,48 @@
+"""What a search backend is, and the helpers both backends share.
+
+A backend runs the trials of a study that already exists in a storage (the application layer,
+:mod:`ranksearch.app`, creates it and caches the reference first) until the study holds its
+target of complete trials. Both backends run the same trial function
+(:class:`~ranksearch.search.objective.Objective`) on the same Optuna study, so what they leave
+behind reads the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..config import StudyConfig
+    from ..runs import RunDir
+
+__all__ = ["Backend", "log", "describe_trial"]
+
+
+class Backend(ABC):
+    """Runs a study's trials somewhere: worker processes on this host, or a Ray cluster."""
+
+    name: ClassVar[str]
+    """The ``--backend`` value that selects it."""
+
+    @abstractmethod
+    def run(self, config: StudyConfig, run: RunDir, storage_url: str, *,
+            progress: bool = True) -> None:
+        """Run trials of the study ``config.name`` in ``storage_url`` until it holds its
+        target of complete trials (the study's ``n_trials`` user attribute). Raises
+        :class:`KeyboardInterrupt` when interrupted: the same call resumes."""
+
+
+def log(message: str) -> None:
+    """One line of progress on stderr (the backends' per-trial lines)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def describe_trial(number: int, metrics: Mapping[str, Any]) -> str:
+    """The line logged for a complete trial."""
+    return (f"trial {number}: accuracy {metrics['accuracy']:.4f}  "
+            f"FLOPs {metrics['flops'] / 1e6:.2f}M ({metrics['flops_reduction']:.2f}x)  "
+            f"{metrics['wall_time_s']:.1f}s"
+            + ("  [reused SVD training]" if metrics.get("svd_cached") else ""))
