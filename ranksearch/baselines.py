@@ -18,11 +18,20 @@ Two separate pieces make a baseline, as in Torch-Pruning itself:
   Each criterion normalises its scores by their mean within a group (Torch-Pruning's
   default), so that channels of different layers can be ranked against each other.
 - the **pruner mechanics** (``torch_pruning.pruner.BasePruner`` over a ``DependencyGraph``)
-  decide how many channels go and remove them physically, layer shapes included. Here the
-  ranking is global (one threshold over all groups, so FLOPs can be lowered by about one
-  channel's cost at a time, and network slimming is global by definition) and progressive:
-  channels are removed in several steps, the scores re-estimated after each, until the
-  measured FLOPs reach the target.
+  remove the channels physically, layer shapes included. The ranking is global (one
+  threshold over all groups, so FLOPs can be lowered by about one channel's cost at a time,
+  and network slimming is global by definition) and progressive: channels are removed in
+  several steps, the scores re-estimated after each.
+
+How the FLOPs target is met: the steps aim at FLOPs that fall geometrically from the model's to
+the target, each step's channel count predicted from the FLOPs measured so far. The last step
+(or any step whose prediction would pass the target) is a search over the number ``n`` of
+channels it removes: removing the ``n`` lowest-ranked channels of one ranking gives nested
+models whose FLOPs fall with ``n``, so the search brackets the target between ``n`` and
+``n + 1`` channels and keeps whichever of the two models is closer to it, on either side.
+The result is therefore within half of one channel's cost of the target *whatever the
+ranking*: which channel sits at the boundary (and near-ties between scores are decided by the
+CPU's floating-point kernels) no longer decides whether the target is overshot.
 
 Network slimming proper first trains with an L1 penalty on the batch-norm scales
 (``torch_pruning.pruner.BNScalePruner.regularize``); :func:`prune_to_flops` only prunes, by the
@@ -37,35 +46,33 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+import typing
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from ranksearch.measure import flops
+from . import config as cfg
+from . import pipeline
+from .measure import flops
+from .runs import CacheEntry, RunDir, read_json, write_json
+from .train import Diverged, fit
 
 __all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "run_baselines",
            "run_baselines_for_run"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("l1", "fpgm", "slimming", "random")
+METHODS: tuple[str, ...] = typing.get_args(cfg.PruningMethod)
 
-# Within this relative distance above the FLOPs target, prune_to_flops removes one channel per
-# step, so that it normally ends less than this far below the target.
+#: The relative distance from the FLOPs target within which :func:`prune_to_flops` lands,
+#: above or below it, unless one channel at the boundary costs more than twice as much.
 TOLERANCE = 0.05
-
-# Pruning steps allowed beyond the requested ``steps`` for the final approach to the target.
-_MAX_EXTRA_STEPS = 60
 
 # The fraction of all channels pruning may remove; beyond it the network has hardly any left.
 _MAX_RATIO = 0.98
-
-# From the last planned step on, each step removes this fraction of the channels predicted to
-# remain to be removed: a step then overshoots only if the prediction is off by this factor.
-_FINAL_APPROACH = 3
 
 # Exponent of the model FLOPs ∝ (kept channel fraction)^alpha used before any step has been
 # measured: removing a fraction of every layer's channels removes it from both the inputs
@@ -113,11 +120,9 @@ def _output_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     return called[-1]
 
 
-def _resolve_ignored(
-    original: nn.Module, pruned: nn.Module, ignored: Iterable[str | nn.Module]
-) -> list[nn.Module]:
-    """Map modules of the caller's model, or qualified names, to the modules of the copy."""
-    names = {module: name for name, module in original.named_modules()}
+def _ignored_names(model: nn.Module, ignored: Iterable[str | nn.Module]) -> list[str]:
+    """Qualified names of the caller's ignored layers, given as modules or names."""
+    names = {module: name for name, module in model.named_modules()}
     resolved = []
     for item in ignored:
         if isinstance(item, nn.Module):
@@ -125,40 +130,104 @@ def _resolve_ignored(
                 raise ValueError(f"ignored layer {type(item).__name__} is not part of the model")
             item = names[item]
         try:
-            resolved.append(pruned.get_submodule(item))
+            model.get_submodule(item)
         except AttributeError:
             raise ValueError(f"ignored layer {item!r} is not a module of the model") from None
+        resolved.append(item)
     return resolved
 
 
-def _next_removed(
-    removed: int,
-    total: int,
-    current: float,
-    previous: tuple[int, float] | None,
-    target: float,
-    steps_left: int,
-) -> int:
-    """How many of the ``total`` channels the next step should have removed in all.
+class _Candidate(typing.NamedTuple):
+    model: nn.Module
+    flops: int
 
-    FLOPs are modelled locally as ``F ∝ (1 - removed / total)^alpha``, alpha from the last two
-    measured points. The predicted remaining channels are split over ``steps_left`` steps
-    and, from the last planned step on, divided by :data:`_FINAL_APPROACH`, so that the
-    target is approached from above in shrinking steps; within :data:`TOLERANCE` of the
-    target the steps remove one channel at a time.
+
+# Builds the global BasePruner of prune_to_flops over a network (tracing its graph).
+PrunerFactory = Callable[[nn.Module], tp.pruner.BasePruner]
+
+
+class _Ranking:
+    """One ranking of the prunable channels of ``start``: :meth:`remove` gives the copy of
+    ``start`` without its ``n`` lowest-ranked channels, measured.
+
+    Each call scores the channels afresh on a fresh copy with the random generator reset to
+    the same seed, so every ``n`` sees the same ranking: the models are nested and their FLOPs
+    fall with ``n``. ``channels`` is the number of prunable channels of ``start``: an
+    estimate until the first call counts them.
     """
-    if current <= target * (1 + TOLERANCE):
-        return removed + 1
-    alpha = _INITIAL_ALPHA
-    if previous is not None:
-        previous_removed, previous_flops = previous
-        kept_ratio = (total - previous_removed) / (total - removed)
-        slope = math.log(previous_flops / current) / math.log(kept_ratio)
-        if slope > 0:
-            alpha = slope
-    predicted = total - (total - removed) * (target / current) ** (1 / alpha)
-    step = (predicted - removed) / max(steps_left, _FINAL_APPROACH)
-    return removed + max(round(step), 1)
+
+    def __init__(self, start: _Candidate, make_pruner: PrunerFactory, seed: int,
+                 input_shape: Sequence[int], channels: int) -> None:
+        self.start = start
+        self.channels = channels
+        self._make_pruner = make_pruner
+        self._seed = seed
+        self._shape = input_shape
+        self._measured: dict[int, _Candidate] = {0: start}
+
+    def remove(self, n: int) -> _Candidate:
+        if n not in self._measured:
+            model = copy.deepcopy(self.start.model)
+            pruner = self._make_pruner(model)
+            self.channels = pruner.initial_total_channels
+            # Torch-Pruning keeps int(channels * (1 - ratio)): half a channel below
+            # n / channels rounds to exactly n removed whatever the float error.
+            pruner.per_step_pruning_ratio = [0.0, (n - 0.5) / self.channels]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._seed)
+                pruner.step()
+            self._measured[n] = _Candidate(model, flops(model, self._shape))
+        return self._measured[n]
+
+    def predict(self, removed: int, target: float, alpha: float) -> int:
+        """Channels to remove in all to reach ``target`` FLOPs, from those measured with
+        ``removed`` channels removed (FLOPs ∝ kept fraction ** alpha)."""
+        now = self.remove(removed).flops
+        kept = (self.channels - removed) * (target / now) ** (1 / alpha)
+        return max(math.ceil(self.channels - kept), removed + 1)
+
+    def closest(self, target: float, guess: int, limit: int) -> tuple[_Candidate, bool]:
+        """The model closest to ``target`` FLOPs (in ratio, either side) of the two that
+        remove ``n`` and ``n + 1`` channels and bracket the target, and True; or, when even
+        ``limit`` channels do not reach the target, the model without them and False."""
+        low, high = 0, None  # the FLOPs are above the target at `low`, at most it at `high`
+        n = min(max(guess, 1), limit)
+        while high is None or high - low > 1:
+            if self.remove(n).flops > target:
+                low = n
+            else:
+                high = n
+            if high is None:
+                if low >= limit:
+                    return self.remove(limit), False
+                alpha = _alpha(self.channels, low, self.start.flops, self.remove(low).flops)
+                n = min(self.predict(low, target, alpha), limit)
+            elif high - low > 1:
+                n = self._interpolate(low, high, target)
+        above, below = self.remove(low), self.remove(high)
+        if math.log(above.flops / target) < math.log(target / below.flops):
+            return above, True
+        return below, True
+
+    def _interpolate(self, low: int, high: int, target: float) -> int:
+        """The next ``n`` strictly inside (low, high): where the log FLOPs, nearly linear in
+        ``n`` over a short range, cross the target; the midpoint when that would barely
+        shrink the bracket."""
+        f_low, f_high = math.log(self.remove(low).flops), math.log(self.remove(high).flops)
+        n = (low + high) // 2
+        if f_low > f_high:
+            n = round(low + (high - low) * (f_low - math.log(target)) / (f_low - f_high))
+        if min(n - low, high - n) < (high - low) // 8:
+            n = (low + high) // 2
+        return min(max(n, low + 1), high - 1)
+
+
+def _alpha(channels: int, removed: int, before: float, after: float) -> float:
+    """The exponent of FLOPs ∝ (kept channel fraction)^alpha that removing ``removed`` of
+    ``channels`` showed, or the initial guess when it showed nothing."""
+    if not 0 < removed < channels or after >= before:
+        return _INITIAL_ALPHA
+    return max(math.log(before / after) / -math.log1p(-removed / channels), 0.5)
 
 
 def prune_to_flops(
@@ -172,26 +241,26 @@ def prune_to_flops(
     example_inputs: torch.Tensor | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Filter-prune a copy of ``model`` until its FLOPs are reduced ``reduction``-fold.
+    """Filter-prune a copy of ``model`` until its FLOPs are reduced about ``reduction``-fold.
 
     Channels are removed with Torch-Pruning, globally ranked by the importance criterion
-    ``method`` (see the module docstring), over about ``steps`` steps with the scores
-    re-estimated after each, and then in shrinking steps, the last ones of one channel, until
-    ``ranksearch.measure.flops(pruned, input_shape)`` is at most ``flops(model) / reduction``.
-    The achieved reduction then exceeds ``reduction`` by less than :data:`TOLERANCE` unless
-    the last channel removed alone costs more than that (at high reductions of small
-    networks, where a residual channel of a narrow stage is expensive); that case is logged
-    as a warning. Residual couplings are respected through Torch-Pruning's
-    ``DependencyGraph``; the output layer (the last ``Linear``/``Conv2d`` run) keeps its
-    output channels, so the output shape is unchanged.
+    ``method`` (see the module docstring), over ``steps`` steps with the scores re-estimated
+    before each; the last step removes the number of channels that brings
+    ``ranksearch.measure.flops(pruned, input_shape)`` closest to ``flops(model) / reduction``
+    (see the module docstring). The achieved reduction is then within :data:`TOLERANCE` of
+    ``reduction``, above or below, unless one channel at the boundary costs more than twice
+    that (at high reductions of small networks, where a residual channel of a narrow stage is
+    expensive) or too few channels are left to reach the target: either case returns the
+    closest model found and logs a warning. Residual couplings are respected through
+    Torch-Pruning's ``DependencyGraph``; the output layer (the last ``Linear``/``Conv2d`` run)
+    keeps its output channels, so the output shape is unchanged.
 
     Args:
         model: the network to prune; it is deep-copied and left untouched.
         input_shape: one input's shape (C, H, W), for FLOPs and graph tracing.
         method: ``l1``, ``fpgm``, ``slimming`` or ``random``.
         reduction: the FLOPs reduction asked, original FLOPs / pruned FLOPs; > 1.
-        steps: number of progressive steps planned to reach the target (more steps re-rank
-            the channels more often); the final approach may add a few.
+        steps: number of progressive steps (more steps re-rank the channels more often).
         ignored_layers: layers whose output channels must not be pruned, as modules of
             ``model`` or qualified names (``"layer1.0.conv1"``); the output layer always is.
         example_inputs: a batch for tracing the graph; by default one random input.
@@ -207,80 +276,72 @@ def prune_to_flops(
     Raises:
         ValueError: an unknown ``method``, ``reduction <= 1``, ``steps < 1``, or an ignored
             layer that is not part of ``model``.
-        RuntimeError: the target cannot be reached (too few prunable channels left).
+        RuntimeError: no channel can be removed at all (e.g. the criterion cannot tell the
+            channels apart).
     """
     importance = _importance(method)
     if not reduction > 1:
         raise ValueError(f"reduction must be greater than 1, got {reduction}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    ignored = _ignored_names(model, ignored_layers or ())
 
-    pruned = copy.deepcopy(model)
-    was_training = model.training
+    start = copy.deepcopy(model)
     # Tracing the graph runs the model: in training mode batch norm would update its running
     # statistics from the example input and change the function being pruned.
-    pruned.eval()
-    base = flops(pruned, input_shape)
+    start.eval()
+    base = flops(start, input_shape)
     target = base / reduction
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if example_inputs is None:
-            example_inputs = _default_input(pruned, input_shape)
-        ignored = [_output_layer(pruned, example_inputs)]
-        ignored += _resolve_ignored(model, pruned, ignored_layers or ())
-        max_steps = steps + _MAX_EXTRA_STEPS
-        pruner = tp.pruner.BasePruner(
-            pruned,
-            example_inputs,
-            importance=importance,
-            global_pruning=True,
-            iterative_steps=max_steps,
-            # The ratio of each step is chosen from the FLOPs measured after the previous one
-            # and written into per_step_pruning_ratio just before the step; start from zeros.
-            iterative_pruning_ratio_scheduler=lambda ratio, n: [0.0] * (n + 1),
-            ignored_layers=ignored,
-        )
-        total = pruner.initial_total_channels
-        removed, current, previous = 0, float(base), None
-        while current > target:
-            next_removed = _next_removed(
-                removed, total, current, previous, target, steps - pruner.current_step
-            )
-            if next_removed > _MAX_RATIO * total or pruner.current_step >= max_steps:
-                raise RuntimeError(
-                    f"cannot reduce FLOPs {reduction:g}x with {method}: reached "
-                    f"{base / current:.3g}x after {pruner.current_step} steps"
-                    + (
-                        "; the importance scores may not tell the channels apart (e.g. the "
-                        "equal batch-norm scales of an untrained model)"
-                        if current == base
-                        else ""
-                    )
-                )
-            # Torch-Pruning keeps int(total * (1 - ratio)) channels: half a channel below
-            # next_removed / total rounds to exactly next_removed whatever the float error.
-            ratio = (next_removed - 0.5) / total
-            pruner.per_step_pruning_ratio[pruner.current_step + 1] = ratio
-            pruner.step()
-            previous = (removed, current)
-            removed, current = next_removed, float(flops(pruned, input_shape))
-    pruned.train(was_training)
-    if base / current > reduction * (1 + TOLERANCE):
-        logger.warning(
-            "%s pruning overshot the target: %.3gx FLOPs reduction for %.3gx asked",
-            method,
-            base / current,
-            reduction,
-        )
-    logger.info(
-        "%s pruning: FLOPs %d -> %d (%.3gx, target %.3gx) in %d steps",
-        method,
-        base,
-        current,
-        base / current,
-        reduction,
-        pruner.current_step,
-    )
+    if example_inputs is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            example_inputs = _default_input(start, input_shape)
+    output = _output_layer(start, example_inputs)
+    ignored.append(next(name for name, module in start.named_modules() if module is output))
+
+    def make_pruner(network: nn.Module) -> tp.pruner.BasePruner:
+        # One step; its pruning ratio is set once the pruner has counted the channels.
+        return tp.pruner.BasePruner(
+            network, example_inputs, importance=importance, global_pruning=True,
+            pruning_ratio=0.0, ignored_layers=[network.get_submodule(n) for n in ignored])
+
+    current, alpha, reached = _Candidate(start, base), _INITIAL_ALPHA, True
+    initial = channels = make_pruner(copy.deepcopy(start)).initial_total_channels
+    for step in range(1, steps + 1):
+        ranking = _Ranking(current, make_pruner, seed + step, input_shape, channels)
+        # The channels this step may remove: up to _MAX_RATIO of the model's in all.
+        limit = math.floor(_MAX_RATIO * initial) - (initial - channels)
+        # The steps aim at FLOPs falling geometrically from the model's to the target.
+        aim = base * (target / base) ** (step / steps)
+        guess = ranking.predict(0, aim, alpha)
+        if step < steps and limit >= 1:
+            candidate = ranking.remove(min(guess, limit))
+            if candidate.flops > target:
+                alpha = _alpha(ranking.channels, min(guess, limit), current.flops,
+                               candidate.flops)
+                current, channels = candidate, ranking.channels - min(guess, limit)
+                continue
+        if limit < 1:
+            reached = False
+            break
+        current, reached = ranking.closest(target, guess, limit)
+        break
+    pruned = current.model
+    pruned.train(model.training)
+    achieved = base / current.flops
+    if current.flops == base:
+        raise RuntimeError(
+            f"cannot reduce FLOPs {reduction:g}x with {method}: no channel could be removed; "
+            "the importance scores may not tell the channels apart (e.g. the equal "
+            "batch-norm scales of an untrained model)")
+    if not reached:
+        logger.warning("%s pruning cannot reach %.3gx fewer FLOPs: too few channels left; "
+                       "returning the closest model, %.3gx", method, reduction, achieved)
+    elif abs(math.log(achieved / reduction)) > math.log1p(TOLERANCE):
+        logger.warning("%s pruning: %.3gx fewer FLOPs for %.3gx asked, the closest one "
+                       "channel more or less allows", method, achieved, reduction)
+    logger.info("%s pruning: FLOPs %d -> %d (%.3gx, target %.3gx)", method, base,
+                current.flops, achieved, reduction)
     return pruned
 
 
@@ -288,9 +349,6 @@ def prune_to_flops(
 def _baseline_run(config, run, method: str, target: float, progress: bool) -> dict[str, Any]:
     """Prune the cached reference to ``target``x fewer FLOPs with ``method`` and fine-tune it
     with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one."""
-    from . import pipeline
-    from .train import Diverged, fit
-
     start = time.perf_counter()
     data = pipeline.dataset(config)
     dense, ref_metrics = pipeline.reference(config, run, progress=progress)
@@ -307,7 +365,7 @@ def _baseline_run(config, run, method: str, target: float, progress: bool) -> di
             epochs += result.epochs
             train_seconds += result.seconds
         status = "complete"
-    except (Diverged, RuntimeError) as err:  # diverged, or the target cannot be reached
+    except (Diverged, RuntimeError) as err:  # diverged, or no channel could be removed
         status = f"failed: {err}"
     metrics = pipeline.measured(pruned, data, config) if status == "complete" else {}
     metrics.update(method=method, target=target, epochs=epochs, status=status,
@@ -323,8 +381,6 @@ def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]
     Each result is written atomically once its run ends, under a lock, so a killed run is
     redone by the next call and a finished one never twice.
     """
-    from .runs import CacheEntry, read_json, write_json
-
     spec = config.baselines
     if spec is None:
         return []
@@ -348,9 +404,6 @@ def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]
 
 def run_baselines_for_run(run_dir, *, progress: bool = True) -> list[dict[str, Any]]:
     """``ranksearch baselines RUN_DIR``: run or complete the baselines of an existing run."""
-    from . import config as cfg
-    from .runs import RunDir
-
     run = RunDir(run_dir).require_existing()
     config = cfg.load(run.config_path)
     if config.baselines is None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,7 +30,10 @@ from pydantic import (
     model_validator,
 )
 
+from .data import DatasetName
 from .errors import UserError
+from .svd.layers import Scheme
+from .svd.regularizers import SparsityKind
 
 __all__ = [
     "ConfigError",
@@ -47,10 +51,12 @@ __all__ = [
     "settings_key",
 ]
 
-DECAY_TYPES = ("l1", "hoyer", "hoyer_square", "none")
-SCHEMES = ("channel", "spatial")
-GRANULARITIES = ("global", "stage", "layer")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
+# Each choice is one Literal type, defined by the lowest module that needs it (the decay types
+# and schemes in svd/, the dataset names in data.py); tuples of the values derive from it.
+Init = Literal["svd", "random"]
+Granularity = Literal["global", "stage", "layer"]
+PruningMethod = Literal["l1", "fpgm", "slimming", "random"]
+DECAY_TYPES: tuple[str, ...] = typing.get_args(SparsityKind)
 #: Above this many trials GPSampler costs more than 1 % of a 10-minute trial per suggestion.
 GP_MAX_TRIALS = 300
 
@@ -100,8 +106,10 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    name: Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet"]
+    name: DatasetName
     dir: str | None = None
+    """The folder holding the dataset's files (relative to the working directory); default
+    ``./data``."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
     subset: PositiveInt | None = None
     """Use at most this many training samples (short search schedules)."""
@@ -138,9 +146,9 @@ class TrainingSchedule(_Strict):
 class TrialParams(_Strict):
     """One resolved point of a search space: the settings of one SVD-training trial."""
 
-    scheme: Literal["channel", "spatial"] = "channel"
-    init: Literal["svd", "random"] = "svd"
-    decay: Literal["l1", "hoyer", "hoyer_square", "none"] = "hoyer"
+    scheme: Scheme = "channel"
+    init: Init = "svd"
+    decay: SparsityKind = "hoyer"
     lambda_o: float = Field(1.0, ge=0)
     lambda_s: float | dict[str, float] = 0.0
     energy: float | dict[str, float] = 0.0
@@ -174,17 +182,27 @@ class TrialParams(_Strict):
         return self.model_dump(exclude={"energy", "ranks", "finetune_epochs"})
 
 
+class SweepSpec(_Strict):
+    """Many points per trained model (``ranksearch.fidelity``): after SVD training, try
+    ``candidates`` energy settings without fine-tuning, then fine-tune the ``promote`` best
+    (by proxy hypervolume) as trials of their own."""
+
+    candidates: PositiveInt = 24
+    promote: int = Field(2, ge=0)
+    proxy_samples: PositiveInt = 2000
+    """Proxy accuracy on the first this many images of the validation split."""
+    bn_batches: int = Field(8, ge=0)
+    """Training batches that re-estimate batch-norm statistics of each pruned candidate."""
+
+
 class SearchSpace(_Strict):
     """What the search varies. Each field is a constant, a list of choices or a range; the
     ``lambda_s`` and ``energy`` ranges may be given per decay type."""
 
-    scheme: Literal["channel", "spatial"] | list[Literal["channel", "spatial"]] = "channel"
-    init: Literal["svd", "random"] = "svd"
-    decay: (
-        Literal["l1", "hoyer", "hoyer_square", "none"]
-        | list[Literal["l1", "hoyer", "hoyer_square", "none"]]
-    ) = "hoyer"
-    granularity: Literal["global", "stage", "layer"] = "global"
+    scheme: Scheme | list[Scheme] = "channel"
+    init: Init = "svd"
+    decay: SparsityKind | list[SparsityKind] = "hoyer"
+    granularity: Granularity = "global"
     """Whether λ_s and e are one value, one per stage (layer group), or one per layer."""
     lambda_o: Searchable = 1.0
     lambda_s: Searchable | dict[str, Searchable] = 0.0
@@ -195,6 +213,8 @@ class SearchSpace(_Strict):
     energy_trials_per_model: PositiveInt = 1
     """How many energy thresholds to try on each SVD-trained model: trials after the first reuse
     the cached SVD-trained checkpoint and only prune and fine-tune."""
+    sweep: SweepSpec | None = None
+    """Multi-fidelity: sweep thresholds without fine-tuning, fine-tune only promising ones."""
 
     @field_validator("lambda_s", "energy")
     @classmethod
@@ -227,12 +247,6 @@ class SearchSpace(_Strict):
                     raise ValueError(f"{field} has no range for decay type {missing[0]!r}")
         return self
 
-    def decays(self) -> list[str]:
-        return list(self.decay) if isinstance(self.decay, list) else [self.decay]
-
-    def schemes(self) -> list[str]:
-        return list(self.scheme) if isinstance(self.scheme, list) else [self.scheme]
-
 
 class Constraints(_Strict):
     max_flops: PositiveFloat | None = None
@@ -248,12 +262,21 @@ class SamplerSpec(_Strict):
 
 
 class BaselineSpec(_Strict):
-    methods: list[Literal["l1", "fpgm", "slimming", "random"]] = Field(
+    methods: list[PruningMethod] = Field(
         default_factory=lambda: ["l1", "fpgm", "slimming"]
     )
     targets: list[Annotated[float, Field(gt=1)]] = Field(
         default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 6.0]
     )
+
+
+class LatencySpec(_Strict):
+    """How CPU latency is measured (with ``measure_latency: true``): always at batch 1, and
+    also at ``batch_size`` when it is larger, on ``threads`` threads (default: PyTorch's)."""
+
+    batch_size: PositiveInt = 1
+    """The batch the latency objective and the latency front use."""
+    threads: PositiveInt | None = None
 
 
 class StudyConfig(_Strict):
@@ -265,9 +288,15 @@ class StudyConfig(_Strict):
     schedule: TrainingSchedule
     seed: int = 0
     device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """Training precision: ``bf16`` autocast, or ``auto`` (bf16 where the GPU or CPU computes
+    it natively, else fp32). Accuracy, FLOPs and latency are always measured in fp32."""
     channels_last: bool = False
     measure_latency: bool = False
+    latency: LatencySpec = Field(default_factory=lambda: LatencySpec())
+    rank_multiple: PositiveInt | None = None
+    """Kept ranks of the deployed model are rounded up to a multiple of this (default: the
+    engine's, ``ranksearch.svd.RANK_MULTIPLE``); 1 keeps them exact."""
     objectives: list[Literal["accuracy", "flops", "latency"]] = Field(
         default_factory=lambda: ["accuracy", "flops"]
     )

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from ranksearch import cli
+from ranksearch import baselines, cli, data
+from ranksearch import config as cfg
+from ranksearch.svd.layers import Scheme
 
 BAD = Path(__file__).parent / "bad_spaces"
 CORPUS = sorted(BAD.glob("*.yaml"))
@@ -29,8 +32,24 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
-def test_corpus_is_large_enough():
-    assert len(CORPUS) >= 25
+@pytest.mark.parametrize(
+    ("override", "location", "choices"),
+    [
+        ({"data": {"name": "mnist"}}, "data.name", data.DATASETS),
+        ({"space": {"decay": "l2"}}, "space.decay", cfg.DECAY_TYPES),
+        ({"space": {"scheme": "diagonal"}}, "space.scheme", typing.get_args(Scheme)),
+        ({"baselines": {"methods": ["taylor"]}}, "baselines.methods.0", baselines.METHODS),
+    ],
+    ids=["dataset", "decay", "scheme", "baseline"],
+)
+def test_a_wrong_choice_names_every_valid_one(tiny_space, override, location, choices):
+    """The choices the schema accepts are the ones the code implements, and the one-line
+    error lists them all."""
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(tiny_space(**override))
+    message = str(info.value)
+    assert f": {location}: " in message and "\n" not in message
+    assert all(repr(choice) in message for choice in choices), message
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
@@ -96,6 +115,7 @@ def test_train_needs_params(capsys):
     assert code == 2 and "needs a 'params' section" in err
 
 
+@pytest.mark.slow
 def test_real_process_prints_one_line(tmp_path):
     """The installed entry point, not just main(): one line, exit 2, no traceback."""
     result = subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torchvision
@@ -12,16 +14,7 @@ from ranksearch.baselines import METHODS, TOLERANCE, prune_to_flops
 from ranksearch.measure import flops
 
 CIFAR_SHAPE = (3, 32, 32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Batch-1 forward passes on a shared 2-core machine are far slower with OpenMP threads
-    # competing with other processes than on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+DIGITS_SHAPE = (1, 8, 8)
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -49,7 +42,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _assert_within_target(model: nn.Module, pruned: nn.Module, shape, reduction: float) -> None:
     achieved = flops(model, shape) / flops(pruned, shape)
-    assert reduction <= achieved < reduction * (1 + TOLERANCE), achieved
+    assert abs(achieved / reduction - 1) < TOLERANCE, achieved
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -100,6 +93,41 @@ def test_ignored_layers_keep_their_channels(resnet20: nn.Module):
     assert pruned.layer3[1].conv1.out_channels == 64
     assert pruned.layer2[1].conv1.out_channels == 32
     _assert_within_target(resnet20, pruned, CIFAR_SHAPE, 2.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("reduction", [3.0, 6.0])
+def test_any_channel_order_lands_within_tolerance(reduction: float, seed: int):
+    """The target is met whatever the ranking, here arbitrary ones (random importance), so
+    it cannot depend on how a CPU's floating-point kernels decide near-ties between scores.
+    On the 8x8 digits network one residual channel costs several per cent of the FLOPs, the
+    case where the former one-channel-at-a-time approach overshot (3.16x for 3x)."""
+    torch.manual_seed(0)
+    model = _trained_like(models.create("resnet20", in_channels=1))
+    pruned = prune_to_flops(model, DIGITS_SHAPE, "random", reduction, seed=seed)
+    _assert_within_target(model, pruned, DIGITS_SHAPE, reduction)
+
+
+def test_unreachable_target_returns_the_closest_model_with_a_warning(resnet20, caplog):
+    # With layer2 and layer3 kept whole, only the stem and layer1 (a third of the FLOPs) can
+    # shrink: 2x fewer FLOPs is out of reach.
+    with caplog.at_level(logging.WARNING, logger="ranksearch.baselines"):
+        pruned = prune_to_flops(resnet20, CIFAR_SHAPE, "l1", 2.0, steps=2,
+                                ignored_layers=["layer2", "layer3"])
+    achieved = flops(resnet20, CIFAR_SHAPE) / flops(pruned, CIFAR_SHAPE)
+    assert 1.1 < achieved < 2.0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"l1 pruning cannot reach 2x fewer FLOPs: too few channels left; returning the "
+        f"closest model, {achieved:.3g}x"]
+    assert _widths(pruned)["layer2.0.conv1"] == 32
+
+
+def test_indistinguishable_channels_raise():
+    # Freshly initialised batch-norm scales are all 1: slimming has nothing to rank by.
+    torch.manual_seed(0)
+    model = models.create("resnet20", in_channels=1)
+    with pytest.raises(RuntimeError, match="no channel could be removed"):
+        prune_to_flops(model, DIGITS_SHAPE, "slimming", 2.0, steps=2)
 
 
 def test_random_method_is_reproducible(resnet20: nn.Module):
