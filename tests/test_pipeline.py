@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ranksearch import config as cfg
-from ranksearch import export, pipeline
+from ranksearch import export, measure, models, pipeline
 from ranksearch.runs import RunDir
+from ranksearch.train import evaluate
 
 
 def _config(tiny_space, **params) -> cfg.StudyConfig:
@@ -19,15 +20,21 @@ def test_one_trial_on_digits(tiny_space, tmp_path):
     config = _config(tiny_space)
     run = RunDir(tmp_path / "run").create()
     metrics = pipeline.run_trial(config, config.params, run, tmp_path / "trial", progress=False)
-    assert 0 < metrics["accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
-    assert metrics["flops"] > 0 and metrics["params"] > 0
-    assert metrics["flops_reduction"] > 1  # e = 0.3 leaves ranks that save FLOPs
     assert set(metrics["ranks"]) >= {"layer1.0.conv1", "fc"}
     assert metrics["status"] == "complete" and metrics["full_budget"]
-    # The trial folder rebuilds the same compact model without pickle.
+    # The trial folder rebuilds, without pickle, the model its metrics were measured on.
     model = export.load(tmp_path / "trial")
-    x = torch.randn(4, 1, 8, 8)
-    assert model(x).shape == (4, 10)
+    assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+    assert metrics["flops"] == measure.flops(model, (1, 8, 8))
+    assert metrics["params"] == measure.params(model)
+    data = pipeline.dataset(config)
+    sample = 1 / data.len_split("val")  # folded batch norms may round a near-tie differently
+    assert metrics["accuracy"] == pytest.approx(evaluate(model, data, "val"), abs=sample)
+    sample = 1 / data.len_split("test")
+    assert metrics["test_accuracy"] == pytest.approx(evaluate(model, data, "test"), abs=sample)
+    _, reference = pipeline.reference(config, run, progress=False)
+    assert metrics["flops_reduction"] == pytest.approx(reference["flops"] / metrics["flops"])
+    assert metrics["flops_reduction"] > 1  # e = 0.3 leaves ranks that save FLOPs
 
 
 def test_trial_is_reproducible(tiny_space, tmp_path):
@@ -75,8 +82,16 @@ def test_corrupt_cache_is_retrained(tiny_space, tmp_path, monkeypatch):
 
 
 def test_stage_granularity_expands_to_layers():
-    groups = {"layer1.0.conv1": "layer1", "layer2.0.conv1": "layer2", "fc": "fc"}
-    expanded = pipeline.expand_by_layer({"layer1": 0.1, "fc": 0.3}, list(groups), groups)
-    assert expanded == {"layer1.0.conv1": 0.1, "layer2.0.conv1": 0.0, "fc": 0.3}
-    with pytest.raises(pipeline.TrialFailed, match="unknown layer or group"):
+    groups = models.layer_groups(models.create("resnet20", in_channels=1))
+    value = {"layer1": 0.1, "fc": 0.3, "layer1.2.conv2": 0.2}
+    expanded = pipeline.expand_by_layer(value, list(groups), groups)
+    assert set(expanded) == set(groups)
+    for name, group in groups.items():
+        # A layer's own name wins over its group; a layer neither names gets 0.
+        expected = value.get(name, value.get(group, 0.0))
+        assert expanded[name] == expected, name
+    assert expanded["layer1.0.conv1"] == 0.1 and expanded["layer1.2.conv2"] == 0.2
+    assert expanded["layer2.0.conv1"] == 0.0 and expanded["fc"] == 0.3
+    assert pipeline.expand_by_layer(0.4, list(groups), groups) == 0.4
+    with pytest.raises(pipeline.TrialFailed, match="unknown layer or group 'layer9'"):
         pipeline.expand_by_layer({"layer9": 0.1}, list(groups), groups)
