@@ -15,8 +15,9 @@ from .runs import RunDir, atomic_write_text
 
 __all__ = ["quickstart", "QUICKSTART_SPACE"]
 
-QUICKSTART_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / \
-    "digits_quickstart.yaml"
+# Package data, so that an installed wheel has it; the repository's
+# search_spaces/digits_quickstart.yaml is a link to this file.
+QUICKSTART_SPACE = Path(__file__).resolve().parent / "search_spaces" / "digits_quickstart.yaml"
 
 
 def _say(message: str) -> None:
@@ -40,9 +41,6 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
     from .export import ExportError, export_run
     from .report.pareto import reduction_table, trials_frame
 
-    if not QUICKSTART_SPACE.is_file():
-        raise cfg.ConfigError(f"{QUICKSTART_SPACE}: missing; the quickstart runs from a source "
-                              "checkout installed with 'pip install -e .'")
     config = cfg.load(QUICKSTART_SPACE)
     if trials is not None:
         config = config.model_copy(update={"trials": trials})
