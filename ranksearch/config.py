@@ -30,10 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from .data import DatasetName
+from .datasets import DatasetName
 from .errors import UserError
-from .svd.layers import Scheme
-from .svd.regularizers import SparsityKind
 
 __all__ = [
     "ConfigError",
@@ -51,12 +49,17 @@ __all__ = [
     "settings_key",
 ]
 
-# Each choice is one Literal type, defined by the lowest module that needs it (the decay types
-# and schemes in svd/, the dataset names in data.py); tuples of the values derive from it.
+# Each choice is one Literal type; the tuples of its values derive from it. Reading a config
+# must not import torch (``ranksearch report`` and ``status`` start in seconds), so the
+# choices live here or in torch-free modules (dataset names: ranksearch.datasets), not in
+# svd/, which imports torch and nothing of ranksearch: its SCHEMES and SPARSITY_KINDS are
+# checked equal to these by tests/test_bad_input.py.
+Scheme = Literal["channel", "spatial"]
+Decay = Literal["l1", "hoyer", "hoyer_square", "none"]
 Init = Literal["svd", "random"]
 Granularity = Literal["global", "stage", "layer"]
 PruningMethod = Literal["l1", "fpgm", "slimming", "random"]
-DECAY_TYPES: tuple[str, ...] = typing.get_args(SparsityKind)
+DECAY_TYPES: tuple[str, ...] = typing.get_args(Decay)
 #: Above this many trials GPSampler costs more than 1 % of a 10-minute trial per suggestion.
 GP_MAX_TRIALS = 300
 
@@ -148,7 +151,7 @@ class TrialParams(_Strict):
 
     scheme: Scheme = "channel"
     init: Init = "svd"
-    decay: SparsityKind = "hoyer"
+    decay: Decay = "hoyer"
     lambda_o: float = Field(1.0, ge=0)
     lambda_s: float | dict[str, float] = 0.0
     energy: float | dict[str, float] = 0.0
@@ -201,7 +204,7 @@ class SearchSpace(_Strict):
 
     scheme: Scheme | list[Scheme] = "channel"
     init: Init = "svd"
-    decay: SparsityKind | list[SparsityKind] = "hoyer"
+    decay: Decay | list[Decay] = "hoyer"
     granularity: Granularity = "global"
     """Whether λ_s and e are one value, one per stage (layer group), or one per layer."""
     lambda_o: Searchable = 1.0

@@ -35,13 +35,13 @@ that was searched and how to get the data.
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from .datasets import DATASETS, DatasetName
 from .datasets.base import SPLITS, DataError, Dataset, stratified_order
 from .datasets.files import idx_file, read_cifar_batch, read_idx
 from .datasets.imagefolder import ImageFolderDataset
@@ -50,8 +50,6 @@ from .datasets.memory import InMemoryDataset
 __all__ = ["DATASETS", "SPLITS", "DataError", "Dataset", "DatasetName", "InMemoryDataset",
            "ImageFolderDataset", "load"]
 
-DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet"]
-DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 DEFAULT_DATA_DIR = Path("data")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_FRACTION = 0.2

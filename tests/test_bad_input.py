@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ranksearch import baselines, cli, data
+from ranksearch import baselines, cli, data, svd
 from ranksearch import config as cfg
-from ranksearch.svd.layers import Scheme
+from ranksearch.svd.layers import SCHEMES
 
 BAD = Path(__file__).parent / "bad_spaces"
 CORPUS = sorted(BAD.glob("*.yaml"))
@@ -37,7 +37,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     [
         ({"data": {"name": "mnist"}}, "data.name", data.DATASETS),
         ({"space": {"decay": "l2"}}, "space.decay", cfg.DECAY_TYPES),
-        ({"space": {"scheme": "diagonal"}}, "space.scheme", typing.get_args(Scheme)),
+        ({"space": {"scheme": "diagonal"}}, "space.scheme", typing.get_args(cfg.Scheme)),
         ({"baselines": {"methods": ["taylor"]}}, "baselines.methods.0", baselines.METHODS),
     ],
     ids=["dataset", "decay", "scheme", "baseline"],
@@ -50,6 +50,13 @@ def test_a_wrong_choice_names_every_valid_one(tiny_space, override, location, ch
     message = str(info.value)
     assert f": {location}: " in message and "\n" not in message
     assert all(repr(choice) in message for choice in choices), message
+
+
+def test_the_config_offers_what_svd_implements():
+    """svd/ imports nothing of ranksearch and the config must not import torch, so both list
+    the schemes and decay types: they must agree."""
+    assert typing.get_args(cfg.Scheme) == SCHEMES
+    assert cfg.DECAY_TYPES == svd.SPARSITY_KINDS
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
