@@ -1,13 +1,17 @@
 """Shared fixtures: one torch thread, tiny studies on the bundled digits data (seconds per
-trial)."""
+trial), large synthetic studies for the report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 TINY = {
     "name": "tiny",
@@ -68,3 +72,63 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+SYNTHETIC_REFERENCE = {"accuracy": 0.9174, "test_accuracy": 0.915, "flops": 81e6,
+                       "params": 270_000, "latency_ms": 3.0}
+SYNTHETIC_DISTRIBUTIONS = {
+    "decay": CategoricalDistribution(["l1", "hoyer"]),
+    "energy": FloatDistribution(1e-6, 0.3, log=True),
+    "lambda_o": FloatDistribution(0.1, 4.0),
+}
+SYNTHETIC_LAYERS = [f"layer{g}.{b}.conv{c}" for g in (1, 2, 3) for b in range(3)
+                    for c in (1, 2)] + ["fc"]
+
+
+def _synthetic_study(n: int, seed: int = 0) -> optuna.Study:
+    """``n`` trials of a ResNet-20-like CIFAR-10 study (no training) with a realistic
+    accuracy/FLOPs trade-off, 19 layers of ranks and latencies: every 37th trial failed with
+    a reason (HTML in it), every 53rd pruned, every 29th complete one truncated (not full
+    budget)."""
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name=f"synthetic-{n}")
+    study.set_user_attr("reference", SYNTHETIC_REFERENCE)
+    trials = []
+    for number in range(n):
+        energy = float(np.exp(rng.uniform(np.log(1e-6), np.log(0.3))))
+        params = {"decay": str(rng.choice(["l1", "hoyer"])), "energy": energy,
+                  "lambda_o": float(rng.uniform(0.1, 4.0))}
+        if number % 37 == 5:
+            trials.append(create_trial(
+                state=TrialState.FAIL, params=params, distributions=SYNTHETIC_DISTRIBUTIONS,
+                user_attrs={"fail_reason": "diverged: NaN loss at epoch 3 <b>not html</b>"}))
+            continue
+        if number % 53 == 7:
+            trials.append(create_trial(state=TrialState.PRUNED, params=params,
+                                       distributions=SYNTHETIC_DISTRIBUTIONS))
+            continue
+        ratio = float(np.clip(0.08 + 0.9 * (1 - energy / 0.3) ** 3 * rng.uniform(0.3, 1), 0.05, 1))
+        accuracy = 0.9174 - 0.06 * (1 - ratio) ** 2.5 - abs(rng.normal(0, 0.01))
+        metrics = {
+            "accuracy": accuracy,
+            "test_accuracy": accuracy - 0.003,
+            "flops": ratio * 81e6,
+            "params": int(270_000 * ratio),
+            "flops_reduction": 1 / ratio,
+            "ranks": {name: int(rng.integers(1, 64)) for name in SYNTHETIC_LAYERS},
+            "latency_ms": 3.0 * (0.3 + 0.7 * ratio),
+            "wall_time_s": 100.0,
+            "status": "complete",
+            "full_budget": number % 29 != 3,
+        }
+        trials.append(create_trial(values=[accuracy, ratio * 81e6], params=params,
+                                   distributions=SYNTHETIC_DISTRIBUTIONS,
+                                   user_attrs={"metrics": metrics}))
+    study.add_trials(trials)
+    return study
+
+
+@pytest.fixture
+def synthetic_study():
+    """The factory ``synthetic_study(n, seed=0)`` of large studies for the report tests."""
+    return _synthetic_study

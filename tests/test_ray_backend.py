@@ -31,6 +31,8 @@ from ranksearch.search.study import create_study, make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+pytestmark = pytest.mark.slow  # Ray: a local cluster per test
+
 QUICKSTART = Path(__file__).parent.parent / "search_spaces" / "digits_quickstart.yaml"
 MARK = "RANKSEARCH_TEST_RAY_MARK"
 

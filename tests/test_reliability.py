@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from safetensors.torch import load_file
 
 from ranksearch import cli
@@ -76,6 +77,7 @@ def _assert_exact(run: Path, target: int) -> optuna.Study:
     return study
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun(tiny_space, tmp_path):
     """kill -9 the launcher of 2 workers twice mid-study; rerunning finishes it exactly."""
     space = tiny_space(trials=6)
@@ -102,6 +104,7 @@ def test_kill_9_then_rerun(tiny_space, tmp_path):
     _check_run_dir(run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_process_and_gives_trials_back(tiny_space, tmp_path):
     space = tiny_space(trials=20)
     run = tmp_path / "run"

@@ -11,82 +11,18 @@ import subprocess
 import types
 from pathlib import Path
 
-import numpy as np
 import optuna
 import optuna.importance  # noqa: F401 - imported before the report, as in test_report
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState, create_trial
 
 from ranksearch.report import write_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-
-REFERENCE = {"accuracy": 0.9174, "test_accuracy": 0.915, "flops": 81e6, "params": 270_000}
-DISTRIBUTIONS = {
-    "decay": CategoricalDistribution(["l1", "hoyer"]),
-    "energy": FloatDistribution(1e-6, 0.3, log=True),
-    "lambda_o": FloatDistribution(0.1, 4.0),
-}
-LAYERS = [f"layer{g}.{b}.conv{c}" for g in (1, 2, 3) for b in range(3) for c in (1, 2)]
-
-
-def synthetic_study(n: int) -> optuna.Study:
-    """``n`` trials: mostly complete, some failed, pruned or truncated, with latencies."""
-    rng = np.random.default_rng(0)
-    study = optuna.create_study(directions=["maximize", "minimize"], study_name=f"browser-{n}")
-    study.set_user_attr("reference", {**REFERENCE, "latency_ms": 3.0})
-    trials = []
-    for number in range(n):
-        energy = float(np.exp(rng.uniform(np.log(1e-6), np.log(0.3))))
-        params = {
-            "decay": str(rng.choice(["l1", "hoyer"])),
-            "energy": energy,
-            "lambda_o": float(rng.uniform(0.1, 4.0)),
-        }
-        if number % 37 == 5:
-            trials.append(
-                create_trial(
-                    state=TrialState.FAIL,
-                    params=params,
-                    distributions=DISTRIBUTIONS,
-                    user_attrs={"fail_reason": "diverged: NaN loss at epoch 3 <b>not html</b>"},
-                )
-            )
-            continue
-        if number % 53 == 7:
-            trials.append(
-                create_trial(state=TrialState.PRUNED, params=params, distributions=DISTRIBUTIONS)
-            )
-            continue
-        ratio = float(np.clip(0.08 + 0.9 * (1 - energy / 0.3) ** 3 * rng.uniform(0.3, 1), 0.05, 1))
-        accuracy = 0.9174 - 0.06 * (1 - ratio) ** 2.5 - abs(rng.normal(0, 0.01))
-        metrics = {
-            "accuracy": accuracy,
-            "test_accuracy": accuracy - 0.003,
-            "flops": ratio * 81e6,
-            "params": int(270_000 * ratio),
-            "flops_reduction": 1 / ratio,
-            "ranks": {name: int(rng.integers(1, 64)) for name in LAYERS},
-            "latency_ms": 3.0 * (0.3 + 0.7 * ratio),
-            "wall_time_s": 100.0,
-            "status": "complete",
-            "full_budget": number % 29 != 3,
-        }
-        trials.append(
-            create_trial(
-                values=[accuracy, ratio * 81e6],
-                params=params,
-                distributions=DISTRIBUTIONS,
-                user_attrs={"metrics": metrics},
-            )
-        )
-    study.add_trials(trials)
-    return study
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
 
 
 def write_baselines(run_dir: Path) -> None:
@@ -192,7 +128,8 @@ def complete_svd_rows(report: Path) -> int:
     return int(((trials["kind"] == "svd") & (trials["state"] == "COMPLETE")).sum())
 
 
-def test_page_draws_every_complete_trial_offline(tmp_path: Path, quoted: None) -> None:
+def test_page_draws_every_complete_trial_offline(tmp_path: Path, quoted: None,
+                                                 synthetic_study) -> None:
     run_dir = tmp_path / "run"
     write_baselines(run_dir)
     report = tmp_path / "report"
@@ -209,7 +146,8 @@ def test_page_draws_every_complete_trial_offline(tmp_path: Path, quoted: None) -
 
 
 @pytest.mark.slow
-def test_large_study_page_draws_the_sample_it_announces(tmp_path: Path) -> None:
+def test_large_study_page_draws_the_sample_it_announces(tmp_path: Path,
+                                                        synthetic_study) -> None:
     report = tmp_path / "report"
     # Sampling 1,000 of the ~1,200 non-front trials: sampled, and past the WebGL threshold.
     index = write_report(synthetic_study(1300), None, report, max_dominated=1000)

@@ -91,6 +91,7 @@ def _assert_exact(study: optuna.Study, target: int) -> None:
     assert len(set(points)) == len(points)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("RANKSEARCH_TEST_POSTGRES"),
                     reason="needs RANKSEARCH_TEST_POSTGRES (set by .ci/run, which starts "
                     "PostgreSQL on loopback)")
@@ -109,6 +110,7 @@ def test_two_workers_exact_count_postgres(tiny_space, tmp_path):
         optuna.delete_study(study_name=name, storage=url)
 
 
+@pytest.mark.slow
 def test_worker_joins_from_run_dir(tiny_space, tmp_path):
     """A second process joins with `ranksearch worker RUN_DIR`; the count stays exact."""
     run = tmp_path / "run"

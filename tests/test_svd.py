@@ -474,6 +474,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_factored_weights_have_plain_strides_for_onednn():
     """oneDNN's conv backward corrupted the heap on weights with odd size-1 strides (the
     'free(): invalid next size' aborts of whole workers); run the pattern in a child with
