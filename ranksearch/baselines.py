@@ -171,8 +171,10 @@ class _Ranking:
             pruner = self._make_pruner(model)
             self.channels = pruner.initial_total_channels
             # Torch-Pruning keeps int(channels * (1 - ratio)): half a channel below
-            # n / channels rounds to exactly n removed whatever the float error.
-            pruner.per_step_pruning_ratio = [0.0, (n - 0.5) / self.channels]
+            # n / channels rounds to exactly n removed whatever the float error. At least
+            # one channel stays (an estimated count may have been high).
+            removed = min(n, self.channels - 1)
+            pruner.per_step_pruning_ratio = [0.0, (removed - 0.5) / self.channels]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._seed)
                 pruner.step()
@@ -338,8 +340,9 @@ def prune_to_flops(
         logger.warning("%s pruning cannot reach %.3gx fewer FLOPs: too few channels left; "
                        "returning the closest model, %.3gx", method, reduction, achieved)
     elif abs(math.log(achieved / reduction)) > math.log1p(TOLERANCE):
-        logger.warning("%s pruning: %.3gx fewer FLOPs for %.3gx asked, the closest one "
-                       "channel more or less allows", method, achieved, reduction)
+        logger.warning("%s pruning: %.3gx fewer FLOPs for %.3gx asked, the closest a "
+                       "channel more or less gives (one channel costs more than the "
+                       "tolerance there)", method, achieved, reduction)
     logger.info("%s pruning: FLOPs %d -> %d (%.3gx, target %.3gx)", method, base,
                 current.flops, achieved, reduction)
     return pruned
