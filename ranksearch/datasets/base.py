@@ -99,7 +99,6 @@ class Dataset(abc.ABC):
     def len_split(self, split: str) -> int:
         """Number of samples in ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
 
-    @abc.abstractmethod
     def batches(
         self,
         split: str,
@@ -117,6 +116,15 @@ class Dataset(abc.ABC):
         split in a fixed order without augmentation, the last partial batch included.
         ``limit`` caps the number of batches.
         """
+        check_split(split)
+        count = self.num_batches(split, batch_size, train, limit)
+        return self._batches(split, batch_size, train, generator, count)
+
+    @abc.abstractmethod
+    def _batches(self, split: str, batch_size: int, train: bool,
+                 generator: torch.Generator | None, count: int,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``count`` batches of :meth:`batches` (``split`` is valid)."""
 
     def num_batches(
         self, split: str, batch_size: int, train: bool, limit: int | None = None

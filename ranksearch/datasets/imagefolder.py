@@ -111,17 +111,10 @@ class ImageFolderDataset(Dataset):
         check_split(split)
         return len(self._indices[split])
 
-    def batches(
-        self,
-        split: str,
-        batch_size: int,
-        train: bool,
-        generator: torch.Generator | None = None,
-        limit: int | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        check_split(split)
+    def _batches(self, split: str, batch_size: int, train: bool,
+                 generator: torch.Generator | None, count: int,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         index = torch.from_numpy(self._indices[split])
-        count = self.num_batches(split, batch_size, train, limit)
         n = min(len(index), count * batch_size)
         if train:
             draw_device = random_device(generator)

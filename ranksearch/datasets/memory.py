@@ -67,20 +67,14 @@ class InMemoryDataset(Dataset):
         check_split(split)
         return len(self._splits[split][2])
 
-    def batches(
-        self,
-        split: str,
-        batch_size: int,
-        train: bool,
-        generator: torch.Generator | None = None,
-        limit: int | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        check_split(split)
+    def _batches(self, split: str, batch_size: int, train: bool,
+                 generator: torch.Generator | None, count: int,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels, index = self._splits[split]
         if train:
             perm = torch.randperm(len(index), generator=generator, device=random_device(generator))
             index = index[perm.to(self.device)]
-        for b in range(self.num_batches(split, batch_size, train, limit)):
+        for b in range(count):
             batch = index[b * batch_size : (b + 1) * batch_size]
             x = images[batch]
             if train:
