@@ -192,8 +192,12 @@ config.yaml` reruns the trial with these exact ranks.
 """
 
 
-def load(export_dir: str | Path) -> nn.Module:
+def load(export_dir: str | Path, *, deployed: bool = True) -> nn.Module:
     """Rebuild the compact model of an export (or trial) folder, in eval mode.
+
+    By default it is the deployed model that the trial measured: batch norms folded into the
+    convolutions, channels_last (:func:`ranksearch.svd.for_inference`). ``deployed=False``
+    returns the compact model with its batch norms, as trained (to fine-tune it further).
 
     The structure comes from ``plan.json`` and the weights from ``model.safetensors``; nothing
     is unpickled, so loading an export from elsewhere runs none of its code (a
@@ -208,4 +212,4 @@ def load(export_dir: str | Path) -> nn.Module:
                           in_channels=plan["in_channels"])
     model = svd.build_compact(dense, plan["plan"], plan["scheme"])
     model.load_state_dict(load_state(folder / "model.safetensors"), strict=True)
-    return model.eval()
+    return svd.for_inference(model) if deployed else model.eval()

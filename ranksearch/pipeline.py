@@ -26,7 +26,10 @@ from .data import load as load_data
 from .runs import RunDir, atomic_write_text, load_state, read_json, save_state, write_json
 from .train import Diverged, evaluate, fit, resolve_device
 
-__all__ = ["TrialFailed", "run_trial", "reference", "dataset", "build_model", "expand_by_layer"]
+__all__ = [
+    "TrialFailed", "run_trial", "reference", "dataset", "build_model", "expand_by_layer",
+    "measured", "deployable", "svd_trained", "svd_key",
+]
 
 
 class TrialFailed(RuntimeError):
@@ -75,18 +78,55 @@ def reference_key(config: cfg.StudyConfig) -> str:
 
 
 def measured(model: nn.Module, data: Dataset, config: cfg.StudyConfig) -> dict[str, Any]:
-    """Validation and test accuracy, FLOPs, parameters (and latency) of a trained model."""
+    """Validation and test accuracy, FLOPs, parameters (and latency) of a trained model, all
+    measured on its deployed form (:func:`ranksearch.svd.for_inference`: batch norms folded,
+    channels_last, eval mode) in fp32, the model that ``export`` writes.
+
+    Latency is CPU time at ``config.latency.batch_size`` (``latency_ms``, what the latency
+    objective minimises), and also at batch 1 when that batch is larger
+    (``latency_batch1_ms``), on ``config.latency.threads`` threads.
+    """
     t0 = time.perf_counter()
+    deployed = svd.for_inference(model)
     metrics: dict[str, Any] = {
-        "accuracy": evaluate(model, data, "val", precision=config.precision),
-        "test_accuracy": evaluate(model, data, "test", precision=config.precision),
-        "flops": measure.flops(model, data.input_shape),
-        "params": measure.params(model),
+        "accuracy": evaluate(deployed, data, "val"),
+        "test_accuracy": evaluate(deployed, data, "test"),
+        "flops": measure.flops(deployed, data.input_shape),
+        "params": measure.params(deployed),
     }
     if config.measure_latency:
-        metrics["latency_ms"] = 1e3 * measure.latency(model, data.input_shape)
+        spec = config.latency
+        with measure.num_threads(spec.threads) as threads:
+            metrics["latency_ms"] = 1e3 * measure.latency(deployed, data.input_shape,
+                                                          batch_size=spec.batch_size)
+            if spec.batch_size > 1:
+                metrics["latency_batch1_ms"] = 1e3 * measure.latency(deployed, data.input_shape)
+        metrics.update(latency_batch_size=spec.batch_size, latency_threads=threads)
     metrics["eval_time_s"] = time.perf_counter() - t0
     return metrics
+
+
+def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
+               ) -> tuple[nn.Module, dict[str, int | None]]:
+    """The compact model of a pruned SVD model, in the fastest form the engine makes, and
+    its compaction plan.
+
+    Kept ranks are rounded up to ``config.rank_multiple``; a pair is merged back into one
+    layer where it is slower than the dense layer, timed on the CPU at the latency batch when
+    the study measures latency, by the FLOPs rule otherwise.
+    """
+    multiple = config.rank_multiple or svd.RANK_MULTIPLE
+    if not config.measure_latency:
+        plan = svd.compaction_plan(model, rank_multiple=multiple)
+        return svd.compact(model, plan), plan
+    device = next(model.parameters()).device
+    example = torch.randn(config.latency.batch_size, *data.input_shape, device=device)
+    if example.dim() == 4:
+        example = example.contiguous(memory_format=torch.channels_last)
+    with measure.num_threads(config.latency.threads):
+        plan = svd.compaction_plan(model, merge="latency", rank_multiple=multiple,
+                                   example_input=example)
+    return svd.compact(model, plan), plan
 
 
 def _user_weights(path: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -158,7 +198,7 @@ def svd_key(config: cfg.StudyConfig, params: cfg.TrialParams) -> str:
     )
 
 
-def _svd_trained(
+def svd_trained(
     config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir, dense: nn.Module,
     layer_groups: dict[str, str], progress: bool,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -219,7 +259,7 @@ def run_trial(
     dense, ref_metrics = reference(config, run, progress=progress)
     groups = models.layer_groups(dense)
     try:
-        model, svd_meta = _svd_trained(config, params, run, dense, groups, progress)
+        model, svd_meta = svd_trained(config, params, run, dense, groups, progress)
         layer_names = list(svd.svd_layers(model))
         if params.ranks is not None:
             svd.set_ranks(model, params.ranks)
@@ -238,8 +278,7 @@ def run_trial(
     except Diverged as err:
         raise TrialFailed(str(err)) from None
     ranks = {name: int(layer.rank) for name, layer in svd.svd_layers(model).items()}
-    plan = svd.compaction_plan(model)
-    compact = svd.compact(model)
+    compact, plan = deployable(model, data, config)
     metrics = measured(compact, data, config)
     svd_train_s = 0.0 if svd_meta["svd_cached"] else svd_meta["svd_train_time_s"]
     metrics.update(

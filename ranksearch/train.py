@@ -27,7 +27,7 @@ from .data import Dataset
 
 __all__ = [
     "Diverged", "FitResult", "fit", "evaluate", "resolve_device", "resolve_precision",
-    "cpu_has_bf16",
+    "cpu_has_bf16", "autocast",
 ]
 
 Regulariser = Callable[[nn.Module], torch.Tensor]
@@ -40,9 +40,7 @@ class Diverged(RuntimeError):
 @dataclass
 class FitResult:
     epochs: int
-    steps: int
     seconds: float
-    final_loss: float
     losses: list[float] = field(default_factory=list)
     """Mean training loss of each epoch."""
 
@@ -116,7 +114,8 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return "fp32"
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``precision`` resolves to bf16 there, else nothing."""
     if resolve_precision(precision, device.type) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -174,7 +173,7 @@ def fit(
                     group["lr"] = base_lr * _lr_factor(schedule, step / total_steps)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     loss = F.cross_entropy(model(x), y)
                 if regulariser is not None:
                     loss = loss + regulariser(model)
@@ -196,9 +195,7 @@ def fit(
         bar.close()
     return FitResult(
         epochs=epochs,
-        steps=step,
         seconds=time.perf_counter() - start,
-        final_loss=epoch_losses[-1] if epoch_losses else float("nan"),
         losses=epoch_losses,
     )
 
@@ -215,7 +212,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     for x, y in data.batches(split, batch_size, train=False):
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = model(x)
         correct += (logits.argmax(dim=1) == y).sum()
         total += y.numel()

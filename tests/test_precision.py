@@ -1,0 +1,77 @@
+"""bf16 autocast on CPUs that compute it natively, the fallback, and the deployed model."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from ranksearch import measure, models, svd, train
+from ranksearch.config import Schedule
+from ranksearch.data import load
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    train.resolve_precision.cache_clear()
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    yield
+    train.resolve_precision.cache_clear()
+
+
+def test_bf16_without_native_support_falls_back_with_one_line(no_native_bf16) -> None:
+    with pytest.warns(UserWarning, match="no native bf16; training in fp32") as record:
+        assert train.resolve_precision("bf16", "cpu") == "fp32"
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto falls back silently: it promised nothing
+        assert train.resolve_precision("auto", "cpu") == "fp32"
+    assert train.resolve_precision("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.skipif(not train.cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_training_runs_in_bf16_and_regularisers_in_fp32() -> None:
+    data = load("digits", val_fraction=0.2, seed=0)
+    model = svd.decompose(models.create("resnet20", num_classes=10, in_channels=1),
+                          exclude=("conv1", "fc"))
+    seen = {}
+
+    def regulariser(m: nn.Module) -> torch.Tensor:
+        loss = svd.orthogonality_loss(m)
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["dtype"] = loss.dtype
+        return loss
+
+    logits_dtypes = []
+    model.fc.register_forward_hook(lambda _m, _i, out: logits_dtypes.append(out.dtype))
+    train.fit(model, data, Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=32,
+                                    max_batches=2),
+              seed=0, regulariser=regulariser, precision="auto", channels_last=True,
+              progress=False)
+    assert logits_dtypes[0] == torch.bfloat16
+    assert seen == {"autocast": False, "dtype": torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_deployed_model_folds_batchnorm_and_is_channels_last() -> None:
+    torch.manual_seed(0)
+    model = svd.decompose(models.create("resnet20"), exclude=("fc",))
+    svd.prune_by_energy(model, 0.2)
+    model.eval()
+    compact = svd.compact(model)
+    assert measure.is_channels_last(compact)
+    deployed = svd.for_inference(compact)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert measure.is_channels_last(deployed) and not deployed.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), atol=2e-4, rtol=1e-4)
+    assert measure.flops(deployed, (3, 32, 32)) == measure.flops(compact, (3, 32, 32))
+    # Every kept rank rounded up to the multiple (or to the full rank) in the fast structure.
+    for name, rank in svd.compaction_plan(model).items():
+        layer = svd.svd_layers(model)[name]
+        assert rank is None or rank % svd.RANK_MULTIPLE == 0 or rank == layer.full_rank
