@@ -10,10 +10,10 @@ from typing import Any
 import optuna
 
 from .. import config as cfg
-from .. import objectives, svd
+from .. import fidelity, objectives, svd
 from ..pipeline import TrialFailed, build_model, dataset, run_trial
 from ..runs import RunDir
-from .space import suggest, training_param_names
+from .space import energy_params, granularity_units, suggest, training_param_names
 
 __all__ = ["Objective", "TrialOutcome"]
 
@@ -59,14 +59,54 @@ class Objective:
         except Exception as err:  # a trial that raises is recorded, and the search goes on
             detail = traceback.format_exception_only(type(err), err)[-1].strip()
             return self._failed(trial, f"error: {detail}")
+        if self.config.space.sweep is not None and "reuses_training_of" not in trial.user_attrs:
+            sweep_start = time.perf_counter()
+            self._sweep_and_promote(trial, params, metrics)
+            metrics["sweep_time_s"] = time.perf_counter() - sweep_start
         metrics["framework_time_s"] = max(
-            0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"])
+            0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"]
+            - metrics.get("sweep_time_s", 0.0))
         trial.set_user_attr("metrics", metrics)
         constraints = objectives.constraint_values(self.config, metrics)
         if constraints is not None:
             trial.set_user_attr("constraints", constraints)
         self._share_training(trial)
         return TrialOutcome(objectives.values(self.config, metrics), metrics, None)
+
+    def _sweep_and_promote(self, trial: optuna.Trial, params: cfg.TrialParams,
+                           metrics: dict[str, Any]) -> None:
+        """Sweep the thresholds of this trial's freshly SVD-trained model without
+        fine-tuning, record every candidate on the trial (the report's low-fidelity points),
+        and queue the promoted ones as trials that reuse the trained model.
+
+        A promoted candidate is queued once per study whatever happens: its id is checked
+        against the trials already there, so a trial rerun after a kill (its sweep cached)
+        queues nothing twice, and one killed half-way through queueing queues the rest.
+        """
+        space = self.config.space
+        groups = self.layer_groups()
+        units = granularity_units(space, groups)
+        candidates = fidelity.sweep(self.config, params, self.run, groups, units)
+        reference_flops = metrics["flops"] * metrics["flops_reduction"]
+        promoted = fidelity.promote(candidates, space.sweep.promote, reference_flops,
+                                    exclude=params.energy)
+        fixed = training_param_names(trial.params)
+        queued = {t.user_attrs.get("candidate") for t in trial.study.get_trials(deepcopy=False)}
+        for candidate in promoted:
+            energy = energy_params(space, params.decay, candidate.energy)
+            ident = cfg.settings_key(fixed, energy)
+            if ident in queued:
+                continue
+            trial.study.enqueue_trial({**fixed, **energy}, skip_if_exists=False, user_attrs={
+                "reuses_training_of": trial.number, "promoted_from": trial.number,
+                "candidate": ident, "proxy_accuracy": candidate.proxy_accuracy,
+                "proxy_flops": candidate.flops})
+        trial.set_user_attr("sweep", [
+            {"energy": c.energy, "flops": c.flops, "proxy_accuracy": c.proxy_accuracy,
+             "seconds": c.seconds, "promoted": c in promoted, "own": i == 0}
+            for i, c in enumerate(candidates)])
+        if candidates:
+            metrics["proxy_accuracy"] = candidates[0].proxy_accuracy
 
     def _failed(self, trial: optuna.Trial, reason: str) -> TrialOutcome:
         trial.set_user_attr("fail_reason", reason)

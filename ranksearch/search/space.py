@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from ..config import Range, SearchSpace, TrialParams
 
-__all__ = ["suggest", "training_param_names", "SuggestTrial"]
+__all__ = ["suggest", "training_param_names", "granularity_units", "energy_params",
+           "SuggestTrial"]
 
 
 class SuggestTrial(Protocol):
@@ -60,12 +61,7 @@ def suggest(trial: SuggestTrial, space: SearchSpace, layer_groups: dict[str, str
     """
     scheme = _value(trial, "scheme", space.scheme)
     decay = _value(trial, "decay", space.decay)
-    if space.granularity == "global":
-        units: list[str] = []
-    elif space.granularity == "stage":
-        units = list(dict.fromkeys(layer_groups.values()))
-    else:
-        units = list(layer_groups)
+    units = granularity_units(space, layer_groups)
     lambda_s = 0.0 if decay == "none" else _per_decay(trial, "lambda_s", space.lambda_s, decay,
                                                        units)
     values: dict[str, Any] = {
@@ -83,6 +79,30 @@ def suggest(trial: SuggestTrial, space: SearchSpace, layer_groups: dict[str, str
     if space.finetune_epochs is not None:
         values["finetune_epochs"] = int(_value(trial, "finetune_epochs", space.finetune_epochs))
     return TrialParams(**values)
+
+
+def granularity_units(space: SearchSpace, layer_groups: dict[str, str]) -> list[str]:
+    """What gets a λ_s and a threshold of its own: nothing (one global value), each stage,
+    or each layer."""
+    if space.granularity == "global":
+        return []
+    if space.granularity == "stage":
+        return list(dict.fromkeys(layer_groups.values()))
+    return list(layer_groups)
+
+
+def energy_params(space: SearchSpace, decay: str, energy: float | dict[str, float]
+                  ) -> dict[str, float]:
+    """The suggested parameters that give ``energy`` (a global value or one per unit), named
+    as :func:`suggest` names them; constants of the space are not parameters."""
+    spec = space.energy[decay] if isinstance(space.energy, dict) else space.energy
+    if not isinstance(spec, (Range, list)) or (isinstance(spec, Range) and spec.low == spec.high
+                                                ) or (isinstance(spec, list) and len(spec) == 1):
+        return {}
+    name = f"energy_{decay}" if isinstance(space.energy, dict) else "energy"
+    if not isinstance(energy, dict):
+        return {name: float(energy)}
+    return {f"{name}.{unit}": float(value) for unit, value in energy.items()}
 
 
 def training_param_names(params: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,213 @@
+"""Many points per trained model: the energy-threshold sweep and its promotion rule.
+
+One SVD-trained model gives a whole accuracy–FLOPs curve: prune it at many energy
+thresholds and evaluate each candidate without fine-tuning. :func:`sweep` does that on a
+fixed subset of the validation split (its first ``proxy_samples`` images; the split's order
+is fixed by the study's seed), after re-estimating the batch-norm statistics of each pruned
+candidate on ``bn_batches`` training batches (pruning shifts every activation's scale, and
+stale statistics, not the pruning, would then decide the proxy accuracy). FLOPs are those of
+the candidate's compact model (FLOPs merge rule, the study's rank rounding).
+
+:func:`promote` picks the candidates worth fine-tuning: on the proxy front, by the
+hypervolume each adds. The search makes each a complete trial of the study with its real
+parameters; the others stay low-fidelity points of the report. Nothing here knows Optuna.
+
+The sweep of an SVD-trained model is cached in the run directory under a key of the SVD
+model's and the sweep's settings, so a trial cut off by a kill reruns none of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import config as cfg
+from . import measure, svd
+from .data import Dataset
+from .dominance import hypervolume_contributions, nondominated
+from .pipeline import dataset, expand_by_layer, reference, svd_key, svd_trained
+from .runs import RunDir, read_json, write_json
+from .train import autocast
+
+__all__ = ["Candidate", "energy_candidates", "sweep", "promote"]
+
+Energy = float | dict[str, float]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One energy setting of a sweep, pruned and evaluated without fine-tuning."""
+
+    energy: Energy
+    """As a trial's ``energy`` parameter holds it: one value, or one per stage/layer."""
+    flops: int
+    proxy_accuracy: float
+    rank: int
+    """Kept rank summed over the SVD layers."""
+    seconds: float
+
+
+def _grid(spec: Any, n: int) -> list[float]:
+    """``n`` values spread over a searched range (log-spaced for a log range), the choices
+    of a list, or the one constant."""
+    if isinstance(spec, cfg.Range):
+        spaced = np.geomspace if spec.log else np.linspace
+        # Clipped: rounding must not take an end point outside the searched range.
+        return [float(v) for v in np.clip(spaced(spec.low, spec.high, n), spec.low, spec.high)]
+    if isinstance(spec, list):
+        return [float(v) for v in spec]
+    return [float(spec)]
+
+
+def energy_candidates(space: cfg.SearchSpace, decay: str, units: list[str], n: int,
+                      seed: int) -> list[Energy]:
+    """The energy settings a sweep tries: the space's range for ``decay`` cut into a grid
+    (the same value for every unit), and with stage or layer units as many again drawn at
+    random per unit (log-uniformly for a log range), from a generator seeded by ``seed``."""
+    spec = space.energy[decay] if isinstance(space.energy, dict) else space.energy
+    if not units:
+        return sorted(set(_grid(spec, n)))
+    uniform = [dict.fromkeys(units, v) for v in _grid(spec, max(1, n // 2))]
+    if not isinstance(spec, cfg.Range):
+        return uniform
+    rng = np.random.default_rng(seed)
+    low, high = (math.log(spec.low), math.log(spec.high)) if spec.log else (spec.low, spec.high)
+    drawn = []
+    for _ in range(n - len(uniform)):
+        values = rng.uniform(low, high, len(units))
+        drawn.append({u: float(math.exp(v) if spec.log else v)
+                      for u, v in zip(units, values, strict=True)})
+    return uniform + drawn
+
+
+@torch.no_grad()
+def _recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: int,
+                    precision: str) -> None:
+    """Re-estimate every batch norm's running statistics on ``batches`` training batches
+    (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    device = next(model.parameters()).device
+    # Shuffled and augmented as in training, the same batches for every candidate.
+    generator = torch.Generator().manual_seed(0)
+    for x, _ in data.batches("train", batch_size, train=True, generator=generator,
+                             limit=batches):
+        with autocast(device, precision):
+            model(x)
+    model.eval()
+
+
+@torch.no_grad()
+def _proxy_accuracy(model: nn.Module, data: Dataset, samples: int, precision: str) -> float:
+    device = next(model.parameters()).device
+    batch_size = min(samples, 500)
+    correct = total = 0
+    for x, y in data.batches("val", batch_size, train=False,
+                             limit=math.ceil(samples / batch_size)):
+        x, y = x[: samples - total], y[: samples - total]
+        with autocast(device, precision):
+            logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        total += y.numel()
+    return correct / max(total, 1)
+
+
+def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset,
+                         config: cfg.StudyConfig, spec: cfg.SweepSpec,
+                         groups: dict[str, str]) -> list[Candidate]:
+    model = copy.deepcopy(model).eval()
+    layers = svd.svd_layers(model)
+    names = list(layers)
+    bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
+                or "num_batches_tracked" in k}
+    multiple = config.rank_multiple or svd.RANK_MULTIPLE
+    batch_size = config.schedule.finetune.batch_size
+    results = []
+    for energy in energies:
+        start = time.perf_counter()
+        for layer in layers.values():
+            layer.mask.fill_(1.0)
+        svd.prune_by_energy(model, expand_by_layer(energy, names, groups))
+        plan = svd.compaction_plan(model, rank_multiple=multiple)
+        flops = measure.flops(svd.compact(model, plan, channels_last=False), data.input_shape)
+        _recalibrate_bn(model, data, spec.bn_batches, batch_size, config.precision)
+        accuracy = _proxy_accuracy(model, data, spec.proxy_samples, config.precision)
+        model.load_state_dict(bn_state, strict=False)
+        results.append(Candidate(energy, flops, accuracy,
+                                 sum(int(layer.rank) for layer in layers.values()),
+                                 time.perf_counter() - start))
+    return results
+
+
+def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
+          groups: dict[str, str], units: list[str]) -> list[Candidate]:
+    """The sweep of the SVD-trained model that ``params`` determine (trained, or loaded
+    from the run's cache): ``params.energy`` and every :func:`energy_candidates` setting,
+    pruned and evaluated without fine-tuning, in that order. Cached in the run directory;
+    computed once per model.
+
+    ``groups`` maps each SVD layer to its stage; ``units`` are the stages or layers that
+    the space's granularity gives a threshold each (empty for one global threshold).
+    """
+    spec = config.space.sweep if config.space is not None else None
+    if spec is None:
+        raise ValueError("the search space has no 'sweep' section")
+    key = cfg.settings_key("sweep", svd_key(config, params), spec.model_dump(), units,
+                           params.energy, config.space.energy, config.rank_multiple)
+    entry = run.cache("sweep", key)
+    with entry.lock():
+        if entry.is_valid():
+            return [Candidate(**c) for c in read_json(entry.file("sweep.json"))]
+        entry.prepare()
+        dense, _ = reference(config, run, progress=False)
+        model, _ = svd_trained(config, params, run, dense, groups, progress=False)
+        energies = [params.energy, *energy_candidates(config.space, params.decay, units,
+                                                      spec.candidates, config.seed)]
+        candidates = _evaluate_candidates(model, energies, dataset(config), config, spec,
+                                          groups)
+        write_json(entry.file("sweep.json"), [asdict(c) for c in candidates])
+        entry.seal()
+    return candidates
+
+
+def promote(candidates: list[Candidate], count: int, reference_flops: float,
+            exclude: Energy | None = None) -> list[Candidate]:
+    """Up to ``count`` candidates of the proxy front (:func:`~ranksearch.dominance.
+    nondominated` in proxy accuracy and FLOPs), those adding the most hypervolume first,
+    each chosen given the ones before it. ``exclude`` (the trial's own setting, fine-tuned
+    anyway) counts as already chosen. Candidates at or above the reference's FLOPs add
+    nothing and are never promoted."""
+    if count <= 0 or not candidates:
+        return []
+    accuracy = np.array([c.proxy_accuracy for c in candidates])
+    flops = np.array([c.flops / reference_flops for c in candidates])
+    front = nondominated(accuracy, flops) & (flops < 1.0)
+    chosen = [i for i, c in enumerate(candidates) if c.energy == exclude]
+    picked: list[int] = []
+    for _ in range(count):
+        remaining = [i for i in np.flatnonzero(front) if i not in chosen]
+        if not remaining:
+            break
+        gains = []
+        for i in remaining:
+            subset = chosen + [i]
+            gains.append(hypervolume_contributions(accuracy[subset], flops[subset],
+                                                   (0.0, 1.0))[-1])
+        best = remaining[int(np.argmax(gains))]
+        if gains[int(np.argmax(gains))] <= 0:
+            break
+        chosen.append(best)
+        picked.append(best)
+    return [candidates[i] for i in picked]

@@ -1,0 +1,106 @@
+"""The multi-fidelity sweep (many points per SVD-trained model) and its promotion rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from ranksearch import config as cfg
+from ranksearch import fidelity
+from ranksearch.fidelity import Candidate
+from ranksearch.runs import RunDir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _candidate(accuracy: float, flops: int, energy: float) -> Candidate:
+    return Candidate(energy=energy, flops=flops, proxy_accuracy=accuracy, rank=1, seconds=0.0)
+
+
+def test_promote_takes_front_points_by_added_hypervolume() -> None:
+    candidates = [
+        _candidate(0.90, 80, 0.01),   # front
+        _candidate(0.85, 90, 0.02),   # dominated by the first
+        _candidate(0.80, 40, 0.05),   # front
+        _candidate(0.30, 20, 0.10),   # front, adds little
+        _candidate(0.95, 120, 0.001),  # above the reference's FLOPs: never promoted
+    ]
+    # Hypervolume in (accuracy, FLOPs / reference) from (0, 1), as the report measures it:
+    # alone, 0.80 at 0.4 adds 0.48 (0.90 at 0.8: 0.18; 0.30 at 0.2: 0.24); next to it, 0.30
+    # at 0.2 adds 0.3 * 0.2 = 0.06 and 0.90 at 0.8 adds 0.1 * 0.2 = 0.02.
+    promoted = fidelity.promote(candidates, 2, reference_flops=100)
+    assert [c.energy for c in promoted] == [0.05, 0.10]
+    # The trial's own setting is fine-tuned anyway: counted as chosen, never promoted.
+    promoted = fidelity.promote(candidates, 2, reference_flops=100, exclude=0.05)
+    assert [c.energy for c in promoted] == [0.10, 0.01]
+    assert fidelity.promote(candidates, 0, reference_flops=100) == []
+    # Never more than the front holds.
+    assert len(fidelity.promote(candidates, 10, reference_flops=100)) == 3
+
+
+def test_energy_candidates_follow_the_space() -> None:
+    space = cfg.SearchSpace(
+        decay=["l1", "hoyer"], granularity="stage",
+        lambda_s={"l1": 0.1, "hoyer": 0.01},
+        energy={"l1": {"low": 0.01, "high": 0.3, "log": True}, "hoyer": [0.001, 0.01]})
+    glob = fidelity.energy_candidates(space, "l1", [], 5, seed=0)
+    assert len(glob) == 5 and min(glob) == pytest.approx(0.01) and max(glob) == pytest.approx(0.3)
+    staged = fidelity.energy_candidates(space, "l1", ["layer1", "layer2"], 6, seed=0)
+    assert len(staged) == 6 and all(set(e) == {"layer1", "layer2"} for e in staged)
+    assert all(0.01 <= v <= 0.3 for e in staged for v in e.values())
+    assert staged == fidelity.energy_candidates(space, "l1", ["layer1", "layer2"], 6, seed=0)
+    assert fidelity.energy_candidates(space, "hoyer", [], 5, seed=0) == [0.001, 0.01]
+
+
+def test_sweep_on_digits_is_cached(tiny_space, tmp_path) -> None:
+    config = cfg.load(tiny_space(space={
+        "scheme": "channel", "decay": "hoyer", "energy": {"hoyer": {"low": 0.01, "high": 0.6,
+                                                                    "log": True}},
+        "sweep": {"candidates": 6, "promote": 2, "proxy_samples": 100, "bn_batches": 2}}))
+    params = cfg.TrialParams(scheme="channel", decay="hoyer", lambda_s=1e-3, energy=0.05)
+    run = RunDir(tmp_path / "run").create()
+    from ranksearch import models, pipeline
+
+    dense = pipeline.build_model(config, pipeline.dataset(config))
+    groups = models.layer_groups(dense)
+    candidates = fidelity.sweep(config, params, run, groups, [])
+    assert len(candidates) == 7 and candidates[0].energy == 0.05
+    assert all(0 <= c.proxy_accuracy <= 1 and c.flops > 0 for c in candidates)
+    # A larger threshold never keeps more singular values.
+    by_energy = sorted(candidates[1:], key=lambda c: c.energy)
+    assert all(a.rank >= b.rank for a, b in zip(by_energy, by_energy[1:], strict=False))
+    assert by_energy[0].flops > by_energy[-1].flops
+    # The second call reads the cache: the same numbers, nothing recomputed.
+    again = fidelity.sweep(config, params, run, groups, [])
+    assert again == candidates
+
+
+def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
+    """A study with a sweep: the first trial's model is swept, its two best other candidates
+    become complete trials of their own (real parameters, the same trained model), and every
+    candidate is recorded as a low-fidelity point."""
+    import optuna
+
+    from ranksearch import cli
+
+    run = tmp_path / "run"
+    space = tiny_space(trials=3, space={
+        "scheme": "channel", "decay": "hoyer",
+        "energy": {"hoyer": {"low": 0.01, "high": 0.6, "log": True}},
+        "sweep": {"candidates": 8, "promote": 2, "proxy_samples": 100, "bn_batches": 2}})
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    first, promoted = trials[0], trials[1:]
+    sweep = first.user_attrs["sweep"]
+    assert len(sweep) == 9 and sweep[0]["own"]
+    assert sum(c["promoted"] for c in sweep) == 2
+    promoted_energy = sorted(c["energy"] for c in sweep if c["promoted"])
+    assert sorted(t.params["energy_hoyer"] for t in promoted) == pytest.approx(promoted_energy)
+    for t in promoted:
+        assert t.user_attrs["promoted_from"] == 0
+        assert t.user_attrs["metrics"]["svd_cached"]
+        assert {k: v for k, v in t.params.items() if k != "energy_hoyer"} == {
+            k: v for k, v in first.params.items() if k != "energy_hoyer"}
+        assert "sweep" not in t.user_attrs  # promoted trials do not sweep again
