@@ -19,11 +19,13 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from ranksearch.dominance import hypervolume_2d, nondominated
 from ranksearch.objectives import OBJECTIVE_NAMES
 
 __all__ = [
     "METRIC_COLUMNS",
     "eligible_mask",
+    "nondominated",
     "kind_label",
     "reference_accuracy",
     "reference_flops",
@@ -234,30 +236,13 @@ def eligible_mask(df: pd.DataFrame) -> pd.Series:
 
 
 def pareto_front(df: pd.DataFrame, kind: str = "svd") -> pd.DataFrame:
-    """The non-dominated rows of ``kind`` among :func:`eligible_mask` rows, sorted by FLOPs.
-
-    Accuracy is maximised and FLOPs minimised. A row is dominated when another row is at
-    least as accurate and at most as costly, and strictly better in one of the two; rows
-    with exactly equal accuracy and FLOPs therefore both stay. The rows keep their index
-    labels in ``df``. Runs in O(n log n): after sorting by FLOPs, a row is on the front when
-    it is the most accurate of its FLOPs value and more accurate than every cheaper row.
-    """
-    candidates = df[(df["kind"] == kind) & eligible_mask(df)]
-    if candidates.empty:
-        return candidates
-    candidates = candidates.sort_values(
+    """The :func:`nondominated` rows of ``kind`` among :func:`eligible_mask` rows (accuracy
+    against FLOPs), sorted by FLOPs, then accuracy and trial number. The rows keep their
+    index labels in ``df``."""
+    candidates = df[(df["kind"] == kind) & eligible_mask(df)].sort_values(
         ["flops", "accuracy", "number"], ascending=[True, False, True], kind="mergesort"
     )
-    flops = candidates["flops"].to_numpy()
-    accuracy = candidates["accuracy"].to_numpy()
-    # flops is sorted, so np.unique's first indices point at each FLOPs value's most
-    # accurate row.
-    unique_flops, first = np.unique(flops, return_index=True)
-    best_of_value = accuracy[first]
-    best_cheaper = np.concatenate(([-np.inf], np.maximum.accumulate(best_of_value)[:-1]))
-    group = np.searchsorted(unique_flops, flops)
-    on_front = (accuracy == best_of_value[group]) & (accuracy > best_cheaper[group])
-    return candidates[on_front]
+    return candidates[nondominated(candidates["accuracy"], candidates["flops"])]
 
 
 def fronts_by_kind(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -302,28 +287,6 @@ def reduction_table(
     return pd.DataFrame(rows, columns=["kind", "method", *(f"within_{d:g}" for d in drops)])
 
 
-def hypervolume_2d(
-    accuracy: np.ndarray, cost: np.ndarray, ref_point: tuple[float, float] = (0.0, 1.0)
-) -> float:
-    """Area dominated by the points (maximise ``accuracy``, minimise ``cost``) and bounded
-    by ``ref_point = (accuracy, cost)``. Points not strictly better than the reference point
-    in both coordinates add nothing.
-    """
-    ref_accuracy, ref_cost = ref_point
-    accuracy = np.asarray(accuracy, dtype=float)
-    cost = np.asarray(cost, dtype=float)
-    keep = (accuracy > ref_accuracy) & (cost < ref_cost)
-    if not keep.any():
-        return 0.0
-    order = np.argsort(cost[keep], kind="mergesort")
-    cost = cost[keep][order]
-    best = np.maximum.accumulate(accuracy[keep][order])
-    # Sweep over cost: between consecutive costs the dominated height is the best accuracy
-    # reached so far.
-    widths = np.diff(np.append(cost, ref_cost))
-    return float(np.sum(widths * (best - ref_accuracy)))
-
-
 def hypervolume_history(
     df: pd.DataFrame, ref_point: tuple[float, float] = (0.0, 1.0)
 ) -> pd.DataFrame:
@@ -349,17 +312,16 @@ def hypervolume_history(
     accuracies = points["accuracy"].to_numpy()
 
     # Only the current front matters for the next value, and it stays small, so each step
-    # costs O(front) instead of recomputing over every trial so far.
+    # works on the front and the new point instead of every trial so far.
     front_accuracy = np.empty(0)
     front_ratio = np.empty(0)
     volume = 0.0
     history = np.empty(len(points))
     for i, (accuracy, ratio) in enumerate(zip(accuracies, ratios, strict=True)):
-        dominated = np.any((front_accuracy >= accuracy) & (front_ratio <= ratio))
-        if not dominated:
-            keep = ~((front_accuracy <= accuracy) & (front_ratio >= ratio))
-            front_accuracy = np.append(front_accuracy[keep], accuracy)
-            front_ratio = np.append(front_ratio[keep], ratio)
+        with_new = (np.append(front_accuracy, accuracy), np.append(front_ratio, ratio))
+        keep = nondominated(*with_new)
+        if keep[-1]:  # the new point is on the front: the volume may have grown
+            front_accuracy, front_ratio = with_new[0][keep], with_new[1][keep]
             volume = hypervolume_2d(front_accuracy, front_ratio, ref_point)
         history[i] = volume
     return pd.DataFrame(
