@@ -104,3 +104,36 @@ def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
         assert {k: v for k, v in t.params.items() if k != "energy_hoyer"} == {
             k: v for k, v in first.params.items() if k != "energy_hoyer"}
         assert "sweep" not in t.user_attrs  # promoted trials do not sweep again
+
+    # The report: the six unpromoted candidates are low-fidelity rows, never on the front.
+    import pandas as pd
+
+    cli.main(["report", str(run), "--out", str(tmp_path / "report")])
+    rows = pd.read_csv(tmp_path / "report" / "trials.csv")
+    low = rows[rows["kind"] == "svd-proxy"]
+    assert len(low) == 6 and not low["full_budget"].any() and (low["number"] == 0).all()
+    assert (pd.read_csv(tmp_path / "report" / "pareto.csv")["kind"] == "svd").all()
+
+
+def test_report_latency_front_is_computed_on_latency(synthetic_study) -> None:
+    """Against latency the front is the non-dominated set in (accuracy, latency), not the
+    FLOPs front drawn again: a trial made the fastest of all joins it and drops every less
+    accurate point."""
+    import numpy as np
+    import pandas as pd
+
+    from ranksearch.dominance import nondominated
+    from ranksearch.report.data import report_data
+
+    study = synthetic_study(120)
+    study.get_trials(deepcopy=False)[0].user_attrs["metrics"]["latency_ms"] = 0.01
+    chart = report_data(study, None).chart
+    fronts = {axis: next(s for s in chart.series(axis, sampled=False) if s.role == "front")
+              for axis in ("flops", "latency_ms")}
+    pool = pd.concat([chart.front, chart.others[chart.eligible.loc[chart.others.index]]])
+    expected = pool[nondominated(pool["accuracy"], pool["latency_ms"])]
+    latency_front = fronts["latency_ms"].rows
+    assert set(latency_front.index) == set(expected.index)
+    assert 0 in set(latency_front["number"])
+    assert set(latency_front.index) != set(fronts["flops"].rows.index)
+    assert np.all(np.diff(latency_front["latency_ms"].to_numpy()) >= 0)

@@ -20,7 +20,9 @@ import pandas as pd
 
 from ranksearch import config as cfg
 from ranksearch import literature
+from ranksearch.dominance import nondominated
 from ranksearch.report.pareto import (
+    LOW_FIDELITY_KIND,
     eligible_mask,
     hypervolume_history,
     kind_label,
@@ -50,11 +52,12 @@ WEBGL_THRESHOLD = 1000
 FRONT_COLOR = "#1f5fbf"
 CLOUD_COLOR = "#7fa7e0"
 TRUNCATED_COLOR = "#9e9e9e"
+LOW_FIDELITY_COLOR = "#a9c4eb"
 QUOTED_COLOR = "#444444"
 REFERENCE_COLOR = "#111111"
 BASELINE_COLORS = ("#e8710a", "#188038", "#9334e6", "#b0413e", "#00838f", "#827717")
 
-Role = Literal["dominated", "truncated", "front", "baseline", "quoted", "reference"]
+Role = Literal["dominated", "truncated", "lowfi", "front", "baseline", "quoted", "reference"]
 Axis = Literal["flops", "latency_ms"]
 
 
@@ -97,6 +100,8 @@ class ParetoChart:
     baselines: dict[str, pd.DataFrame]
     quoted: list[Series]
     reference: pd.DataFrame
+    low_fidelity: pd.DataFrame
+    """Sweep candidates evaluated without fine-tuning (proxy accuracy)."""
     complete_count: int
     unplottable: int
     accuracy_range: list[float] | None = field(default=None)
@@ -117,18 +122,30 @@ class ParetoChart:
         (maybe empty); other series only when they hold a point."""
         others = self.others.loc[self.sample] if sampled else self.others
         eligible = self.eligible.loc[others.index]
-        front_label = "SVD training: Pareto front" if axis == "flops" else \
-            "SVD training: FLOPs front"
+        front, front_label = self.front, "SVD training: Pareto front"
+        if axis != "flops":
+            # The front on this axis, computed on it: the FLOPs front drawn against latency
+            # would hide points that are slower in FLOPs but faster in time.
+            pool = pd.concat([self.front,
+                              self.others[self.eligible.loc[self.others.index]]])
+            pool = pool[np.isfinite(pool[axis].to_numpy(dtype=float))]
+            front = pool[nondominated(pool["accuracy"], pool[axis])].sort_values(axis)
+            others = others[~others.index.isin(front.index)]
+            eligible = self.eligible.loc[others.index]
+            front_label = "SVD training: latency front"
         listed = [
+            Series("lowfi", "SVD candidates before fine-tuning (low fidelity, never on the "
+                   "front)", "svd-lowfi", self.low_fidelity, LOW_FIDELITY_COLOR,
+                   brief="before fine-tuning"),
             Series("dominated", "SVD trials (dominated)", "svd-dominated", others[eligible],
                    CLOUD_COLOR, brief="SVD trials"),
             Series("truncated", "SVD trials (truncated or diverged, never on the front)",
                    "svd-truncated", others[~eligible], TRUNCATED_COLOR,
                    brief="truncated or diverged"),
-            Series("front", front_label, "svd-front", self.front, FRONT_COLOR),
+            Series("front", front_label, "svd-front", front, FRONT_COLOR),
         ]
         listed.extend(
-            Series("baseline", kind_label(kind), kind.replace(":", "-"), frame,
+            Series("baseline", kind_label(kind), kind.replace(":", "-"), frame.sort_values(axis),
                    BASELINE_COLORS[i % len(BASELINE_COLORS)], i)
             for i, (kind, frame) in enumerate(self.baselines.items())
         )
@@ -197,6 +214,8 @@ def pareto_chart(df: pd.DataFrame, front: pd.DataFrame, quoted_points: pd.DataFr
         },
         quoted=quoted,
         reference=reference,
+        low_fidelity=df[(df["kind"] == LOW_FIDELITY_KIND) & np.isfinite(df["accuracy"])
+                        & np.isfinite(df["flops"])],
         complete_count=int(complete.sum()),
         unplottable=int((complete & ~plottable).sum()),
     )

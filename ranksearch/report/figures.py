@@ -156,6 +156,8 @@ def _marker(series: Series) -> dict[str, Any]:
     color = series.color
     if series.role == "dominated":
         return {"color": color, "size": 6, "opacity": 0.35}
+    if series.role == "lowfi":
+        return {"color": color, "size": 5, "symbol": "circle-open", "opacity": 0.6}
     if series.role == "truncated":
         return {"color": color, "size": 7, "symbol": "x-thin-open",
                 "line": {"width": 1.5, "color": color}}
@@ -189,15 +191,14 @@ def pareto_figure(
             "marker": _marker(series),
         }
         if series.role == "front":
-            # hv steps read as "best accuracy within budget"; against latency the FLOPs
-            # front is not a staircase: its points only.
-            kwargs["mode"] = "lines+markers" if x == "flops" else "markers"
+            # hv steps read as "best accuracy within budget".
+            kwargs["mode"] = "lines+markers"
             kwargs["line"] = {"shape": "hv", "color": series.color, "width": 2.5}
         elif series.role == "baseline":
             kwargs["mode"] = "lines+markers"
             kwargs["line"] = {"color": series.color, "width": 1.5, "dash": "dot"}
         # The large cloud may need WebGL; the other series are small, so always SVG.
-        cloud = series.role in ("dominated", "truncated")
+        cloud = series.role in ("dominated", "truncated", "lowfi")
         fig.add_trace(go.Scattergl(**kwargs) if cloud and chart.use_webgl else
                       go.Scatter(**kwargs))
         if series.role == "reference":

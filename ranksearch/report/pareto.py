@@ -24,6 +24,7 @@ from ranksearch.objectives import OBJECTIVE_NAMES
 
 __all__ = [
     "METRIC_COLUMNS",
+    "LOW_FIDELITY_KIND",
     "eligible_mask",
     "nondominated",
     "kind_label",
@@ -58,7 +59,11 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "target",
     "epochs",
     "ranks",
+    "candidate",
 )
+
+#: ``kind`` of the threshold candidates a multi-fidelity sweep evaluated without fine-tuning.
+LOW_FIDELITY_KIND = "svd-proxy"
 
 # Accuracy comparisons against "reference - drop" allow for float rounding of the drop
 # (0.9174 - 0.005 is not exactly 0.9124 in binary).
@@ -128,6 +133,31 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return row
 
 
+def _sweep_rows(trial: optuna.trial.FrozenTrial, ref_flops: float) -> list[dict[str, Any]]:
+    """The low-fidelity points of a trial's sweep: every candidate but the trial's own and
+    the promoted ones (those are trials of their own), accuracy being the proxy accuracy."""
+    rows = []
+    for candidate in trial.user_attrs.get("sweep") or []:
+        if candidate.get("own") or candidate.get("promoted"):
+            continue
+        flops = _number(candidate.get("flops"))
+        rows.append({
+            "kind": LOW_FIDELITY_KIND,
+            "number": trial.number,
+            "state": "COMPLETE",
+            "status": "low-fidelity",
+            "accuracy": _number(candidate.get("proxy_accuracy")),
+            "flops": flops,
+            "flops_reduction": ref_flops / flops if flops > 0 else math.nan,
+            "wall_time_s": _number(candidate.get("seconds")),
+            "full_budget": False,
+            "method": "svd",
+            "candidate": json.dumps({"energy": candidate.get("energy")},
+                                    separators=(",", ":")),
+        })
+    return rows
+
+
 def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "baselines").glob("*/metrics.json")):
@@ -166,7 +196,10 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     Columns are :data:`METRIC_COLUMNS` followed by one ``param_<name>`` column per search
     parameter (sorted by name; empty where a trial did not sample it). ``kind`` is
     ``reference`` (from ``study.user_attrs["reference"]``, absent when the study has none),
-    ``svd`` (every trial, whatever its state) or ``baseline:<method>`` (one per
+    ``svd`` (every trial, whatever its state), ``svd-proxy`` (a multi-fidelity sweep's
+    candidate evaluated without fine-tuning: ``accuracy`` is its proxy accuracy,
+    ``full_budget`` false, ``number`` the trial that swept it, ``candidate`` its thresholds
+    as JSON) or ``baseline:<method>`` (one per
     ``run_dir/baselines/*/metrics.json``). ``state`` is the Optuna state name
     (``COMPLETE``, ``FAIL``, ``RUNNING``, ``PRUNED``, ``WAITING``); the reference and baselines
     are ``COMPLETE``. ``ranks`` is the trial's ``{layer: kept rank}`` as compact JSON.
@@ -179,7 +212,11 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     reference = study.user_attrs.get("reference")
     if reference:
         rows.append(_reference_row(reference))
-    rows.extend(_trial_row(trial) for trial in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    rows.extend(_trial_row(trial) for trial in trials)
+    ref_flops = _number(reference.get("flops")) if reference else math.nan
+    for trial in trials:
+        rows.extend(_sweep_rows(trial, ref_flops))
     if run_dir is not None:
         rows.extend(_baseline_rows(Path(run_dir)))
 

@@ -23,6 +23,9 @@ def _draw(ax: Any, series: Series) -> None:
     style: dict[str, Any] = {"label": series.short_label}
     if series.role == "dominated":
         ax.scatter(x, y, s=9, color=series.color, alpha=0.35, linewidths=0, zorder=1, **style)
+    elif series.role == "lowfi":
+        ax.scatter(x, y, s=8, facecolors="none", edgecolors=series.color, linewidths=0.6,
+                   zorder=0, **style)
     elif series.role == "truncated":
         ax.scatter(x, y, s=12, marker="x", color=series.color, linewidths=0.8, zorder=2, **style)
     elif series.role == "front":
