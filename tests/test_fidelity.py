@@ -137,3 +137,18 @@ def test_report_latency_front_is_computed_on_latency(synthetic_study) -> None:
     assert 0 in set(latency_front["number"])
     assert set(latency_front.index) != set(fronts["flops"].rows.index)
     assert np.all(np.diff(latency_front["latency_ms"].to_numpy()) >= 0)
+
+
+def test_report_latency_speedup_table(synthetic_study) -> None:
+    from ranksearch.report.data import report_data
+    from ranksearch.report.markdown import summary
+
+    study = synthetic_study(120)
+    data = report_data(study, None)
+    table = data.latency_reduction.set_index("kind")
+    ref_latency = data.trials.loc[data.trials["kind"] == "reference", "latency_ms"].iloc[0]
+    svd_points = data.trials[(data.trials["kind"] == "svd") & data.trials["full_budget"]
+                             & (data.trials["state"] == "COMPLETE")]
+    within = svd_points[svd_points["accuracy"] >= data.reference_accuracy - 0.02]
+    assert table.loc["svd", "within_2"] == pytest.approx(ref_latency / within["latency_ms"].min())
+    assert "Largest measured CPU speedup" in summary(data)

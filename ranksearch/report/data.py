@@ -222,6 +222,16 @@ def pareto_chart(df: pd.DataFrame, front: pd.DataFrame, quoted_points: pd.DataFr
     return dataclasses.replace(chart, accuracy_range=_accuracy_range(chart, quoted_points))
 
 
+def _latency_reduction(df: pd.DataFrame, ref_accuracy: float) -> pd.DataFrame:
+    """:func:`reduction_table` on ``latency_speedup`` = reference latency / point latency."""
+    ref_latency = df.loc[df["kind"] == "reference", "latency_ms"]
+    if not np.isfinite(ref_accuracy) or ref_latency.empty or not np.isfinite(
+            ref_latency.iloc[0]) or not np.isfinite(df["latency_ms"]).sum() > 1:
+        return pd.DataFrame()
+    timed = df.assign(latency_speedup=ref_latency.iloc[0] / df["latency_ms"])
+    return reduction_table(timed, ref_accuracy, column="latency_speedup")
+
+
 def _accuracy_range(chart: ParetoChart, quoted_points: pd.DataFrame) -> list[float] | None:
     """Accuracy axis (%) framing the front, baselines, reference and quoted points: trials far
     below them (a diverging corner of the space) would squash the region that matters."""
@@ -255,6 +265,9 @@ class ReportData:
     reference_accuracy: float
     reference_flops: float
     reduction: pd.DataFrame
+    latency_reduction: pd.DataFrame
+    """The same table on measured latency (reference latency / point latency); empty when no
+    point has a latency."""
     history: pd.DataFrame
     hypervolume: float
     excluded: pd.DataFrame
@@ -302,6 +315,7 @@ def report_data(
         reference_accuracy=ref_acc,
         reference_flops=reference_flops(df),
         reduction=reduction_table(df, ref_acc) if np.isfinite(ref_acc) else pd.DataFrame(),
+        latency_reduction=_latency_reduction(df, ref_acc),
         history=history,
         hypervolume=float(history["hypervolume"].iloc[-1]) if len(history) else 0.0,
         excluded=_excluded_trials(df),

@@ -15,6 +15,23 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _latency_section(data: ReportData) -> list[str]:
+    table = data.latency_reduction
+    if not len(table):
+        return []
+    return [
+        "## Largest measured CPU speedup within a given drop of the reference accuracy",
+        "",
+        _table(text.reduction_header(table), text.reduction_rows(table)),
+        "",
+        "Speedup = reference latency / point latency, both measured on the deployed model "
+        "(BN folded, channels_last, fp32) on the CPU at the study's latency batch and "
+        "threads (trials.csv: latency_ms); the gap to the FLOPs table is what the CPU does "
+        "not turn into time.",
+        "",
+    ]
+
+
 def summary(data: ReportData) -> str:
     """The text of ``summary.md``."""
     df = data.trials
@@ -54,6 +71,7 @@ def summary(data: ReportData) -> str:
         "FLOPs reduction = reference FLOPs / point FLOPs; drops in percentage points of "
         "validation accuracy; — where no point qualifies.",
         "",
+        *_latency_section(data),
         "## Hypervolume",
         "",
         f"{data.hypervolume:.4f} after {len(data.history)} complete full-budget SVD trials, "

@@ -55,6 +55,8 @@ def page(data: ReportData) -> str:
         )
         if i == 0:
             sections.append(_reduction_section(data.reduction))
+            if len(data.latency_reduction):
+                sections.append(_reduction_section(data.latency_reduction, "latency"))
     excluded = data.excluded
     literature_note = (
         "published results for the same model and dataset, placed at this reference's FLOPs "
@@ -141,11 +143,15 @@ def _html_table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     )
 
 
-def _reduction_section(reduction: pd.DataFrame) -> str:
+def _reduction_section(reduction: pd.DataFrame, axis: str = "flops") -> str:
+    what, ratio = (("FLOPs reduction", "reference FLOPs / point FLOPs") if axis == "flops" else
+                   ("measured CPU speedup", "reference latency / point latency, measured on "
+                    "the deployed models"))
     return (
-        "<section><h2>Largest FLOPs reduction within a given accuracy drop</h2>"
-        + _html_table(reduction_header(reduction), reduction_rows(reduction), "reduction-table")
-        + '<p class="note">FLOPs reduction = reference FLOPs / point FLOPs, best over '
+        f"<section><h2>Largest {what} within a given accuracy drop</h2>"
+        + _html_table(reduction_header(reduction), reduction_rows(reduction),
+                      f"reduction-table-{axis}" if axis != "flops" else "reduction-table")
+        + f'<p class="note">{what[0].upper() + what[1:]} = {ratio}, best over '
         "the complete full-budget points whose validation accuracy is at most the "
         "given number of percentage points below the dense reference; — where none "
         "qualifies.</p></section>"

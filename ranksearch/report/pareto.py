@@ -301,7 +301,8 @@ def kind_label(kind: str) -> str:
 
 
 def reduction_table(
-    df: pd.DataFrame, ref_accuracy: float, drops: Sequence[float] = (0.5, 1, 2)
+    df: pd.DataFrame, ref_accuracy: float, drops: Sequence[float] = (0.5, 1, 2),
+    column: str = "flops_reduction",
 ) -> pd.DataFrame:
     """Largest FLOPs reduction within each accuracy drop of the reference, per method.
 
@@ -310,7 +311,8 @@ def reduction_table(
     ``<method> pruning``) and, for each ``drop`` in percentage points, ``within_<drop>``
     (``within_0.5``, ``within_1``, ...): the largest ``flops_reduction`` (reference FLOPs /
     point FLOPs) among the points whose accuracy is at least ``ref_accuracy - drop / 100``
-    (accuracies are fractions); NaN where no point qualifies.
+    (accuracies are fractions); NaN where no point qualifies. ``column`` names another
+    larger-is-better ratio to report instead (e.g. ``latency_speedup``).
     """
     eligible = df[eligible_mask(df)]
     rows = []
@@ -319,7 +321,7 @@ def reduction_table(
         row: dict[str, Any] = {"kind": kind, "method": kind_label(kind)}
         for drop in drops:
             qualifies = points["accuracy"] >= ref_accuracy - drop / 100 - _ACCURACY_TOLERANCE
-            row[f"within_{drop:g}"] = float(points.loc[qualifies, "flops_reduction"].max())
+            row[f"within_{drop:g}"] = float(points.loc[qualifies, column].max())
         rows.append(row)
     return pd.DataFrame(rows, columns=["kind", "method", *(f"within_{d:g}" for d in drops)])
 
