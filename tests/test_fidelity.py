@@ -9,8 +9,6 @@ from ranksearch import fidelity
 from ranksearch.fidelity import Candidate
 from ranksearch.runs import RunDir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _candidate(accuracy: float, flops: int, energy: float) -> Candidate:
     return Candidate(energy=energy, flops=flops, proxy_accuracy=accuracy, rank=1, seconds=0.0)

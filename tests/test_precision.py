@@ -12,8 +12,6 @@ from ranksearch import measure, models, svd, train
 from ranksearch.config import Schedule
 from ranksearch.data import load
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def no_native_bf16(monkeypatch):

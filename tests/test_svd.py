@@ -458,7 +458,7 @@ def test_latency_merge_plan() -> None:
 _ONEDNN_CRASH = """
 import torch
 from torch import nn
-from ranksearch.svd.layers import SVDConv2d
+from ranksearch.svd.conv import SVDConv2d
 
 torch.manual_seed(0)
 torch.set_num_threads(1)

@@ -11,9 +11,10 @@ This package imports nothing else of ``ranksearch``.
 """
 
 from .compact import RANK_MULTIPLE, build_compact, compact, compaction_plan, saves_flops
+from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
 from .inference import fold_batchnorm, for_inference, to_channels_last
-from .layers import DenseConv2d, DenseLinear, SVDConv2d, SVDLayer, SVDLinear
+from .layers import DenseConv2d, DenseLinear, SVDLayer, SVDLinear
 from .prune import prune_by_energy, set_ranks
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
 

@@ -44,17 +44,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .conv import SVDConv2d, factored_geometry
 from .decompose import svd_layers
 from .inference import to_channels_last
-from .layers import (
-    DenseConv2d,
-    DenseLinear,
-    Scheme,
-    SVDConv2d,
-    SVDLayer,
-    SVDLinear,
-    factored_geometry,
-)
+from .layers import DenseConv2d, DenseLinear, Scheme, SVDLayer, SVDLinear
 from .prune import ranked_indices
 
 __all__ = ["RANK_MULTIPLE", "compact", "compaction_plan", "build_compact", "saves_flops"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 from torch import nn
 
-from .layers import DenseConv2d, DenseLinear, ForwardMode, Scheme, SVDConv2d, SVDLayer, SVDLinear
+from .conv import SVDConv2d
+from .layers import DenseConv2d, DenseLinear, ForwardMode, Init, Scheme, SVDLayer, SVDLinear
 
 __all__ = ["decompose", "decomposable", "svd_layers", "summary"]
 
@@ -17,7 +17,7 @@ __all__ = ["decompose", "decomposable", "svd_layers", "summary"]
 def decompose(
     model: nn.Module,
     scheme: Scheme = "channel",
-    init: Literal["svd", "random"] = "svd",
+    init: Init = "svd",
     exclude: Iterable[str] = (),
     forward_mode: ForwardMode = "auto",
 ) -> nn.Module:
@@ -70,7 +70,7 @@ def _replacement(
     layer: nn.Conv2d | nn.Linear,
     name: str,
     scheme: Scheme,
-    init: Literal["svd", "random"],
+    init: Init,
     patterns: tuple[str, ...],
     forward_mode: ForwardMode,
 ) -> nn.Module:

@@ -1,9 +1,9 @@
 """Layers whose weight is trained in SVD form, ``W = U · diag(s · mask) · Vᵀ``.
 
-:class:`SVDLinear` and :class:`SVDConv2d` hold the factors ``U`` (rows × r), ``s`` (r) and
-``V`` (cols × r) as parameters, an optional ``bias``, and a 0/1 buffer ``mask`` (r) that
-removes pruned singular values: the effective singular values are ``s * mask``. No SVD is
-computed during training; the factors are trained directly.
+:class:`SVDLinear` and :class:`~ranksearch.svd.conv.SVDConv2d` hold the factors ``U``
+(rows × r), ``s`` (r) and ``V`` (cols × r) as parameters, an optional ``bias``, and a 0/1
+buffer ``mask`` (r) that removes pruned singular values: the effective singular values are
+``s * mask``. No SVD is computed during training; the factors are trained directly.
 
 Two ways of running the layer compute the same function:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -38,26 +38,19 @@ __all__ = [
     "FORWARD_MODES",
     "SVDLayer",
     "SVDLinear",
-    "SVDConv2d",
     "DenseConv2d",
     "DenseLinear",
-    "factored_geometry",
 ]
 
 Scheme = Literal["channel", "spatial"]
 ForwardMode = Literal["auto", "dense", "factored"]
-SCHEMES: tuple[str, ...] = ("channel", "spatial")
-FORWARD_MODES: tuple[str, ...] = ("auto", "dense", "factored")
+Init = Literal["svd", "random"]
+SCHEMES: tuple[str, ...] = get_args(Scheme)
+FORWARD_MODES: tuple[str, ...] = get_args(ForwardMode)
+INITS: tuple[str, ...] = get_args(Init)
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    first, second = value
-    return int(first), int(second)
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
@@ -211,7 +204,7 @@ class SVDLayer(nn.Module):
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "forward_mode":
-            _check_choice("forward_mode", value, FORWARD_MODES)  # type: ignore[arg-type]
+            check_choice("forward_mode", value, FORWARD_MODES)  # type: ignore[arg-type]
         super().__setattr__(name, value)
 
 
@@ -245,12 +238,12 @@ class SVDLinear(SVDLayer):
     def from_dense(
         cls,
         linear: nn.Linear,
-        init: Literal["svd", "random"] = "svd",
+        init: Init = "svd",
         forward_mode: ForwardMode = "auto",
     ) -> SVDLinear:
         """Decompose ``linear``: ``init="svd"`` computes the same function, ``"random"``
         initialises like a fresh layer of the same shape."""
-        _check_choice("init", init, ("svd", "random"))
+        check_choice("init", init, INITS)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
                     forward_mode, linear.weight.device, linear.weight.dtype)
         if init == "svd":
@@ -274,7 +267,7 @@ class SVDLinear(SVDLayer):
     def factor_weights(
         self, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u, s, v = _select(self, indices)
+        u, s, v = select_factors(self, indices)
         return v.mT, u * s
 
     def dense_flops(self, input_shape: Sequence[int]) -> int:
@@ -296,219 +289,7 @@ class SVDLinear(SVDLayer):
                 f"bias={self.bias is not None}, {self._svd_repr()}")
 
 
-class SVDConv2d(SVDLayer):
-    """A :class:`torch.nn.Conv2d` (n filters of c × kh × kw, ``groups=1``) in SVD form.
-
-    ``scheme="channel"``: ``W.reshape(n, c·kh·kw) = U · diag(s · mask) · Vᵀ``, r =
-    min(n, c·kh·kw). Factored: a conv with r filters of c × kh × kw (the original stride,
-    padding and dilation), then a 1×1 conv r → n with the bias.
-
-    ``scheme="spatial"``: ``W[n, c, i, j]`` arranged as rows (c, i) and columns (n, j),
-    ``M = W.permute(1, 2, 0, 3).reshape(c·kh, n·kw) = U · diag(s · mask) · Vᵀ``, r =
-    min(c·kh, n·kw). Factored: a conv with r filters of c × kh × 1 (the vertical stride,
-    padding and dilation), then a conv with n filters of r × 1 × kw (the horizontal ones) and
-    the bias.
-
-    Padding may be an int, a (vertical, horizontal) tuple, ``"same"`` or ``"valid"``; only
-    ``padding_mode="zeros"`` is supported. The constructor initialises like a fresh
-    ``nn.Conv2d`` (see :meth:`reset_parameters`); :meth:`from_dense` decomposes an existing
-    layer.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
-        bias: bool = True,
-        scheme: Scheme = "channel",
-        forward_mode: ForwardMode = "auto",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        _check_choice("scheme", scheme, SCHEMES)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.dilation = _pair(dilation)
-        if isinstance(padding, str):
-            _check_choice("padding", padding, ("same", "valid"))
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError("padding='same' is not supported for strided convolutions")
-            self.padding: tuple[int, int] | str = padding
-        else:
-            self.padding = _pair(padding)
-        self.scheme = scheme
-        kh, kw = self.kernel_size
-        if scheme == "channel":
-            rows, cols = out_channels, in_channels * kh * kw
-        else:
-            rows, cols = in_channels * kh, out_channels * kw
-        super().__init__(rows, cols, out_channels if bias else None, forward_mode, device, dtype)
-        self.reset_parameters()
-
-    @classmethod
-    def from_dense(
-        cls,
-        conv: nn.Conv2d,
-        scheme: Scheme = "channel",
-        init: Literal["svd", "random"] = "svd",
-        forward_mode: ForwardMode = "auto",
-    ) -> SVDConv2d:
-        """Decompose ``conv`` (``groups=1``, ``padding_mode="zeros"``): ``init="svd"``
-        computes the same function, ``"random"`` initialises like a fresh layer of the same
-        shape."""
-        _check_choice("init", init, ("svd", "random"))
-        if conv.groups != 1:
-            raise ValueError(f"grouped convolutions (groups={conv.groups}) stay dense")
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (only zeros)")
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.bias is not None, scheme, forward_mode,
-                    conv.weight.device, conv.weight.dtype)
-        if init == "svd":
-            layer.init_from_weight(conv.weight, conv.bias)
-        return layer
-
-    def reset_parameters(self) -> None:
-        """Random init: the exact SVD of a freshly initialised ``nn.Conv2d`` of this shape,
-        so ``U`` and ``V`` are orthonormal and ``s`` has the spectrum of the default
-        (Kaiming-uniform) init."""
-        fresh = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                          bias=self.bias is not None, device=self.U.device, dtype=self.U.dtype)
-        self.init_from_weight(fresh.weight, fresh.bias)
-
-    def matrix_from_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        n, c, kh, kw = weight.shape
-        if self.scheme == "channel":
-            return weight.reshape(n, c * kh * kw)
-        return weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
-
-    def weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        n, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
-        if self.scheme == "channel":
-            return matrix.reshape(n, c, kh, kw)
-        # contiguous() so that the convolution gets a weight in its usual layout.
-        return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
-
-    def factor_weights(
-        self, indices: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights of the two thin convs that run the singular directions ``indices``.
-
-        Channel: ``Vᵀ`` as k filters of c × kh × kw, then ``U · diag(s)`` as n filters of
-        k × 1 × 1. Spatial: ``(U · diag(s))ᵀ`` as k filters of c × kh × 1, then ``V`` as n
-        filters of k × 1 × kw. Pruned indices get singular value zero.
-        """
-        u, s, v = _select(self, indices)
-        k = s.shape[0]
-        n, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
-        if self.scheme == "channel":
-            first, second = v.mT.reshape(k, c, kh, kw), (u * s).reshape(n, k, 1, 1)
-        else:
-            first = (u * s).mT.reshape(k, c, kh, 1)
-            second = v.reshape(n, kw, k).permute(0, 2, 1).reshape(n, k, 1, kw)
-        return _plain_strides(first), _plain_strides(second)
-
-    def factored_geometry(self) -> tuple[dict[str, object], dict[str, object]]:
-        """Keyword arguments of ``F.conv2d`` (stride, padding, dilation) for the two thin
-        convs of :meth:`factor_weights`."""
-        return factored_geometry(self.scheme, self.stride, self.padding, self.dilation)
-
-    def _output_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.padding == "same":
-            return height, width
-        padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple(  # type: ignore[return-value]
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip((height, width), padding, self.dilation,
-                                        self.kernel_size, self.stride, strict=True)
-        )
-
-    def dense_flops(self, input_shape: Sequence[int]) -> int:
-        *batch, height, width = input_shape
-        out_h, out_w = self._output_size(height, width)
-        kh, kw = self.kernel_size
-        positions = math.prod(batch[:-1]) * out_h * out_w
-        return (2 * positions * self.out_channels * self.in_channels * kh * kw
-                + self._rebuild_flops())
-
-    def factored_flops(self, input_shape: Sequence[int]) -> int:
-        *batch, height, width = input_shape
-        out_h, out_w = self._output_size(height, width)
-        images = math.prod(batch[:-1])
-        n, c, (kh, kw), k = self.out_channels, self.in_channels, self.kernel_size, self.rank
-        if self.scheme == "channel":
-            return 2 * images * out_h * out_w * k * (c * kh * kw + n)
-        # The vertical conv runs at every input column: only the second conv strides
-        # horizontally.
-        return 2 * images * out_h * (width * k * c * kh + out_w * n * k * kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_factored(x.shape):
-            first, second = self.factor_weights(self._factored_indices())
-            first_geometry, second_geometry = self.factored_geometry()
-            hidden = F.conv2d(x, first, None, **first_geometry)
-            return F.conv2d(hidden, second, self.bias, **second_geometry)
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding,
-                        self.dilation)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"bias={self.bias is not None}, scheme={self.scheme}, {self._svd_repr()}")
-
-
-def factored_geometry(
-    scheme: str,
-    stride: tuple[int, int],
-    padding: tuple[int, int] | str,
-    dilation: tuple[int, int],
-) -> tuple[dict[str, object], dict[str, object]]:
-    """Stride, padding and dilation of the two thin convs that replace a conv.
-
-    Channel: the first conv keeps the original geometry, the second is 1×1. Spatial: the
-    first (kh × 1) conv takes the vertical components, the second (1 × kw) the horizontal
-    ones. ``"same"``/``"valid"`` padding carries over to both convs unchanged, since it pads
-    each dimension by what that dimension's kernel needs.
-    """
-    if scheme == "channel":
-        return ({"stride": stride, "padding": padding, "dilation": dilation},
-                {"stride": 1, "padding": 0, "dilation": 1})
-    if isinstance(padding, str):
-        vertical_padding: tuple[int, int] | str = padding
-        horizontal_padding: tuple[int, int] | str = padding
-    else:
-        vertical_padding, horizontal_padding = (padding[0], 0), (0, padding[1])
-    return ({"stride": (stride[0], 1), "padding": vertical_padding,
-             "dilation": (dilation[0], 1)},
-            {"stride": (1, stride[1]), "padding": horizontal_padding,
-             "dilation": (1, dilation[1])})
-
-
-def _plain_strides(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` with the row-major strides of its shape, copied only where it has others.
-
-    oneDNN's CPU convolution backward (torch 2.14) corrupts the heap when a weight is a view
-    whose size-1 dimensions carry other strides, e.g. a 1 x 1 kernel of shape (32, 5, 1, 1)
-    with strides (5, 1, 5, 5): ``is_contiguous()`` is true, so ``contiguous()`` keeps it, and
-    the process later aborts with ``free(): invalid next size``. The spatial scheme's thin
-    convs of a 1 x 1 layer are such views (tests/test_svd.py reproduces the crash).
-    """
-    expected, step = [], 1
-    for size in reversed(weight.shape):
-        expected.append(step)
-        step *= size
-    if weight.stride() == tuple(reversed(expected)):
-        return weight
-    return weight.clone(memory_format=torch.contiguous_format)
-
-
-def _select(
+def select_factors(
     layer: SVDLayer, indices: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``U``, effective ``s`` and ``V`` restricted to ``indices`` (all when ``None``)."""
