@@ -190,6 +190,11 @@ def expand_by_layer(
     return {name: value.get(name, value.get(groups.get(name, ""), 0.0)) for name in layer_names}
 
 
+#: The energy threshold at which :func:`svd_trained` records each layer's rank before and
+#: after SVD training.
+SPECTRUM_ENERGY = 0.01
+
+
 def svd_key(config: cfg.StudyConfig, params: cfg.TrialParams) -> str:
     """What determines the SVD-trained model before pruning."""
     return cfg.settings_key(
@@ -223,12 +228,17 @@ def svd_trained(
                 loss = loss + svd.sparsity_loss(m, params.decay, lambda_s)
             return loss
 
+        before = svd.ranks_at_energy(model, SPECTRUM_ENERGY)
         result = fit(model, data, config.schedule.svd, seed=config.seed + 1,
                      regulariser=regulariser, lr=params.lr, epochs=params.svd_epochs,
                      precision=config.precision, channels_last=config.channels_last,
                      desc="svd-train", progress=progress)
+        after = svd.ranks_at_energy(model, SPECTRUM_ENERGY)
         meta = {"svd_train_time_s": result.seconds, "svd_epochs": result.epochs,
-                "svd_losses": result.losses}
+                "svd_losses": result.losses,
+                # Whether SVD training reshaped the spectrum: the rank kept at e = 0.01 per
+                # layer, before and after (the same means truncated SVD + fine-tuning).
+                "spectrum": {name: [before[name], after[name]] for name in before}}
         save_state(entry.file("model.safetensors"), model.state_dict())
         write_json(entry.file("meta.json"), meta)
         entry.seal()
@@ -287,6 +297,7 @@ def run_trial(
         ranks=ranks,
         plan=plan,
         svd_cached=svd_meta["svd_cached"],
+        spectrum=svd_meta.get("spectrum"),
         train_time_s=svd_train_s + finetune_seconds,
         wall_time_s=time.perf_counter() - start,
         status="complete",

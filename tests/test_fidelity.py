@@ -111,6 +111,10 @@ def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
     low = rows[rows["kind"] == "svd-proxy"]
     assert len(low) == 6 and not low["full_budget"].any() and (low["number"] == 0).all()
     assert (pd.read_csv(tmp_path / "report" / "pareto.csv")["kind"] == "svd").all()
+    # The one SVD-trained model's spectrum, on the trial that trained it.
+    svd_rows = rows[rows["kind"] == "svd"].set_index("number")
+    assert svd_rows["spectrum_rank_before"].notna().tolist() == [True, False, False]
+    assert "Did SVD training move the spectrum?" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_report_latency_front_is_computed_on_latency(synthetic_study) -> None:

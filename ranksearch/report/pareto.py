@@ -60,6 +60,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "epochs",
     "ranks",
     "candidate",
+    "spectrum_rank_before",
+    "spectrum_rank_after",
 )
 
 #: ``kind`` of the threshold candidates a multi-fidelity sweep evaluated without fine-tuning.
@@ -127,10 +129,21 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         ),
         "method": "svd",
         "ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None,
+        **_spectrum_columns(metrics),
     }
     for name, value in trial.params.items():
         row[f"param_{name}"] = value
     return row
+
+
+def _spectrum_columns(metrics: dict[str, Any]) -> dict[str, float]:
+    """Summed rank at e = 0.01 before and after SVD training, on the trial that trained the
+    model only (the trials reusing it would repeat the numbers)."""
+    spectrum = metrics.get("spectrum")
+    if not spectrum or metrics.get("svd_cached", True):
+        return {}
+    return {"spectrum_rank_before": float(sum(b for b, _ in spectrum.values())),
+            "spectrum_rank_after": float(sum(a for _, a in spectrum.values()))}
 
 
 def _sweep_rows(trial: optuna.trial.FrozenTrial, ref_flops: float) -> list[dict[str, Any]]:
@@ -203,6 +216,8 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     ``run_dir/baselines/*/metrics.json``). ``state`` is the Optuna state name
     (``COMPLETE``, ``FAIL``, ``RUNNING``, ``PRUNED``, ``WAITING``); the reference and baselines
     are ``COMPLETE``. ``ranks`` is the trial's ``{layer: kept rank}`` as compact JSON.
+    ``spectrum_rank_before`` / ``_after``: on the trial that SVD-trained a model, the rank kept
+    at e = 0.01 summed over its layers before and after SVD training.
     ``flops_reduction`` missing from a record is filled in as reference FLOPs / FLOPs.
 
     The study is read with a single ``get_trials(deepcopy=False)`` call, so that remote
@@ -234,6 +249,8 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
         "target",
         "epochs",
         "number",
+        "spectrum_rank_before",
+        "spectrum_rank_after",
     ):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["full_budget"] = df["full_budget"].fillna(False).astype(bool)

@@ -15,7 +15,7 @@ from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
 from .inference import fold_batchnorm, for_inference, to_channels_last
 from .layers import DenseConv2d, DenseLinear, SVDLayer, SVDLinear
-from .prune import prune_by_energy, set_ranks
+from .prune import prune_by_energy, ranks_at_energy, set_ranks
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "for_inference",
     "orthogonality_loss",
     "prune_by_energy",
+    "ranks_at_energy",
     "saves_flops",
     "set_ranks",
     "sparsity_loss",

@@ -15,7 +15,7 @@ from torch import nn
 from .decompose import per_layer, svd_layers
 from .layers import SVDLayer
 
-__all__ = ["prune_by_energy", "set_ranks"]
+__all__ = ["prune_by_energy", "ranks_at_energy", "set_ranks"]
 
 
 @torch.no_grad()
@@ -47,18 +47,33 @@ def prune_by_energy(
         e = thresholds[name]
         if not 0.0 <= e <= 1.0:
             raise ValueError(f"energy threshold for {name!r} must be in [0, 1], got {e}")
-        kept = layer.kept_indices()
         if e > 0.0:
-            energy = layer.s.detach()[kept].double().square()
-            order = torch.argsort(energy, descending=True, stable=True)
-            cumulative = torch.cumsum(energy[order], 0)
-            total = cumulative[-1]
-            slack = 8 * torch.finfo(layer.s.dtype).eps * total
-            reached = cumulative >= (1.0 - e) * total - slack
-            count = max(1, int(torch.argmax(reached.to(torch.int8))) + 1)
-            _keep(layer, kept[order[:count]])
+            _keep(layer, _energy_prefix(layer, e))
         ranks[name] = layer.rank
     return ranks
+
+
+@torch.no_grad()
+def ranks_at_energy(model: nn.Module, threshold: float) -> dict[str, int]:
+    """The rank :func:`prune_by_energy` would keep in each SVD layer at ``threshold``,
+    without pruning anything: how concentrated each spectrum is (the rank at e = 0.01 falls
+    as SVD training's sparsity term does its work)."""
+    return {name: int(_energy_prefix(layer, threshold).numel()) if threshold > 0 else layer.rank
+            for name, layer in svd_layers(model).items()}
+
+
+def _energy_prefix(layer: SVDLayer, e: float) -> torch.Tensor:
+    """Indices of the shortest prefix of the kept values, by decreasing ``s²``, holding at
+    least ``1 − e`` of their energy (at least one)."""
+    kept = layer.kept_indices()
+    energy = layer.s.detach()[kept].double().square()
+    order = torch.argsort(energy, descending=True, stable=True)
+    cumulative = torch.cumsum(energy[order], 0)
+    total = cumulative[-1]
+    slack = 8 * torch.finfo(layer.s.dtype).eps * total
+    reached = cumulative >= (1.0 - e) * total - slack
+    count = max(1, int(torch.argmax(reached.to(torch.int8))) + 1)
+    return kept[order[:count]]
 
 
 @torch.no_grad()
