@@ -15,19 +15,20 @@ process CPU time, keeping the fastest pass, which is what to use with ``--thread
 machine shared with other jobs. The speedup always compares the two models timed in the
 same window.
 
-Levers, applied cumulatively (the dense model gets the same treatment, so the comparison
-stays like with like):
+Variants (the dense model gets the same treatment, so the comparison stays like with like):
 
-* ``naive``: ``compact(merge="flops")``, NCHW;
-* ``+fold``: batch norms folded into the convs (``fold_batchnorm``);
-* ``+cl``: channels_last memory format (weights; the NCHW input is converted by the first
-  conv);
-* ``+rN``: kept ranks rounded up to multiples of N (``compact(rank_multiple=N)``; 16 for
-  resnet18, 8 for resnet20, or ``--rank-multiple``), the fraction bisected again for the
-  target; where the rounding makes a target unreachable the row shows the reduction reached;
-* ``+latmerge``: each pair merged back where the dense layer is measured faster at the
-  input the layer receives (``compaction_plan(merge="latency")``); the FLOPs reduction then
-  falls below the target and the efficiency uses the actual one.
+* ``naive``: the compaction before the deployable default: exact kept ranks, NCHW, batch
+  norms unfolded (``compact(rank_multiple=1, channels_last=False)``);
+* ``deployed``: what ``svd.compact(model)`` and ``svd.for_inference`` give by default, and
+  what trials measure and ``export`` writes without a latency measurement: ranks rounded up
+  to ``svd.RANK_MULTIPLE``, channels_last, batch norms folded; the fraction is bisected again
+  for the target, and where the rounding makes it unreachable the row shows the reduction
+  reached;
+* ``deployed-r16``: the same with ranks rounded to 16;
+* ``deployed+latmerge``: ``deployed`` with each pair merged back where the dense layer is
+  measured faster at the input the layer receives (``compaction_plan(merge="latency")``, what
+  a study with ``measure_latency: true`` does); the FLOPs reduction then falls below the
+  target and the efficiency uses the actual one.
 
     python benchmarks/compact_latency.py                      # idle machine
     python benchmarks/compact_latency.py --threads 1 --clock cpu  # shared machine
@@ -39,6 +40,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -51,12 +53,18 @@ from ranksearch import measure, models, svd
 
 CASES = [  # model, input shape (C, H, W), batch size
     ("resnet18", (3, 224, 224), 1),
+    ("resnet18", (3, 224, 224), 8),
     ("resnet20", (3, 32, 32), 1),
     ("resnet20", (3, 32, 32), 32),
 ]
 TARGETS = (2.0, 3.0, 4.0)
-VARIANTS = ("naive", "+fold", "+fold+cl", "+fold+cl+rN", "+fold+cl+rN+latmerge")
-RANK_MULTIPLE = {"resnet18": 16, "resnet20": 8}
+# variant: (rank multiple, deployed form, merge rule)
+VARIANTS = {
+    "naive": (1, False, "flops"),
+    "deployed": (svd.RANK_MULTIPLE, True, "flops"),
+    "deployed-r16": (16, True, "flops"),
+    "deployed+latmerge": (svd.RANK_MULTIPLE, True, "latency"),
+}
 
 
 def set_fraction(model: nn.Module, fraction: float) -> None:
@@ -72,7 +80,7 @@ def fraction_for(
 
     def reduction(fraction: float) -> float:
         set_fraction(model, fraction)
-        compacted = svd.compact(model, rank_multiple=rank_multiple)
+        compacted = svd.compact(model, rank_multiple=rank_multiple, channels_last=False)
         return dense_flops / measure.flops(compacted, input_shape)
 
     low, high = 0.0, 1.0  # reduction(low) ≥ target > reduction(high)
@@ -122,40 +130,32 @@ def paired_latency(
     return best[0], best[1]
 
 
-def prepare(model: nn.Module, fold: bool, channels_last: bool) -> nn.Module:
-    model = svd.fold_batchnorm(model.eval()) if fold else model.eval()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
 def run_case(name: str, input_shape: tuple, batch: int, args, report: Callable) -> None:
     torch.manual_seed(0)
     dense = models.create(name, num_classes=1000 if name == "resnet18" else 10).eval()
     dense_flops = measure.flops(dense, input_shape)
     decomposed = svd.decompose(dense, args.scheme).eval()
-    rank_multiple = args.rank_multiple or RANK_MULTIPLE[name]
+    multiples = {multiple for multiple, _, _ in VARIANTS.values()}
     for target in TARGETS:
         fractions = {m: fraction_for(decomposed, dense_flops, target, input_shape, m)
-                     for m in (1, rank_multiple)}
-        for variant in VARIANTS:
-            fold, channels_last = "+fold" in variant, "+cl" in variant
-            multiple = rank_multiple if "+rN" in variant else 1
+                     for m in multiples}
+        for variant, (multiple, deployed, merge) in VARIANTS.items():
             set_fraction(decomposed, fractions[multiple])
             example = torch.randn(batch, *input_shape)
-            if channels_last:
+            if deployed:
                 example = example.contiguous(memory_format=torch.channels_last)
-            plan = svd.compaction_plan(
-                decomposed, merge="latency" if "latmerge" in variant else "flops",
-                rank_multiple=multiple, example_input=example)
-            compacted = svd.compact(decomposed, plan)
+            plan = svd.compaction_plan(decomposed, merge=merge, rank_multiple=multiple,
+                                       example_input=example)
+            compacted = svd.compact(decomposed, plan, channels_last=deployed)
             flops = measure.flops(compacted, input_shape)
-            dense_seconds, compact_seconds = paired_latency(
-                prepare(dense, fold, channels_last), prepare(compacted, fold, channels_last),
-                input_shape, batch, args)
+            treated = ((svd.for_inference(dense), svd.for_inference(compacted)) if deployed
+                       else (dense, compacted))
+            dense_seconds, compact_seconds = paired_latency(*treated, input_shape, batch, args)
             # Both timed in the same window: the ratio holds even when the load drifts.
             speedup = dense_seconds / compact_seconds
             report({
                 "model": name, "input": list(input_shape), "batch": batch, "target": target,
-                "variant": variant.replace("rN", f"r{multiple}"),
+                "variant": variant, "rank_multiple": multiple,
                 "rank_fraction": round(fractions[multiple], 4),
                 "merged_layers": sum(rank is None for rank in plan.values()),
                 "dense_flops": dense_flops, "compact_flops": flops,
@@ -177,8 +177,6 @@ def main() -> None:
                              "best of --rounds); cpu: fastest of all passes in process CPU "
                              "time, models alternating (use with --threads 1 on a busy "
                              "machine)")
-    parser.add_argument("--rank-multiple", type=int, default=None,
-                        help="for the rN levers (default: 16 for resnet18, 8 for resnet20)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating latency rounds")
     parser.add_argument("--models", nargs="*", default=None,
                         help="only these cases, as name:batch (e.g. resnet20:1)")
@@ -208,6 +206,7 @@ def main() -> None:
     result = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "clock": args.clock, "scheme": args.scheme,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "weights": "random (latency depends on shapes only)",
         "flops_convention": measure.FLOPS_CONVENTION,
         "seconds": time.perf_counter() - start, "rows": rows,

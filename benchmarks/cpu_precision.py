@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -97,7 +98,9 @@ def main() -> None:
     out = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_has_bf16": cpu_has_bf16(), "bf16_resolves_to": resolve_precision("auto", "cpu"),
-        "threads": torch.get_num_threads(), "model": "resnet20 (1 input channel)",
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "model": "resnet20 (1 input channel)",
         "dataset": "fashion-mnist (full; test = official test split)", "batch_size": 128,
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "seconds_per_step": timing,
