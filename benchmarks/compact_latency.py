@@ -21,10 +21,10 @@ Variants (the dense model gets the same treatment, so the comparison stays like 
   norms unfolded (``compact(rank_multiple=1, channels_last=False)``);
 * ``deployed``: what ``svd.compact(model)`` and ``svd.for_inference`` give by default, and
   what trials measure and ``export`` writes without a latency measurement: ranks rounded up
-  to ``svd.RANK_MULTIPLE``, channels_last, batch norms folded; the fraction is bisected again
-  for the target, and where the rounding makes it unreachable the row shows the reduction
-  reached;
-* ``deployed-r16``: the same with ranks rounded to 16;
+  by ``svd.rank_multiple_for`` (16 in layers of full rank >= 128, else 8), channels_last,
+  batch norms folded; the fraction is bisected again for the target, and where the rounding
+  makes it unreachable the row shows the reduction reached;
+* ``deployed-r8``, ``deployed-r16``: the same with every rank rounded to 8, or to 16;
 * ``deployed+latmerge``: ``deployed`` with each pair merged back where the dense layer is
   measured faster at the input the layer receives (``compaction_plan(merge="latency")``, what
   a study with ``measure_latency: true`` does); the FLOPs reduction then falls below the
@@ -61,9 +61,10 @@ TARGETS = (2.0, 3.0, 4.0)
 # variant: (rank multiple, deployed form, merge rule)
 VARIANTS = {
     "naive": (1, False, "flops"),
-    "deployed": (svd.RANK_MULTIPLE, True, "flops"),
+    "deployed": (None, True, "flops"),
+    "deployed-r8": (8, True, "flops"),
     "deployed-r16": (16, True, "flops"),
-    "deployed+latmerge": (svd.RANK_MULTIPLE, True, "latency"),
+    "deployed+latmerge": (None, True, "latency"),
 }
 
 

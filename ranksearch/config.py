@@ -299,7 +299,8 @@ class StudyConfig(_Strict):
     latency: LatencySpec = Field(default_factory=lambda: LatencySpec())
     rank_multiple: PositiveInt | None = None
     """Kept ranks of the deployed model are rounded up to a multiple of this (default: the
-    engine's, ``ranksearch.svd.RANK_MULTIPLE``); 1 keeps them exact."""
+    engine's per-layer rule, ``ranksearch.svd.rank_multiple_for``: 16 in wide layers, else 8);
+    1 keeps them exact."""
     objectives: list[Literal["accuracy", "flops", "latency"]] = Field(
         default_factory=lambda: ["accuracy", "flops"]
     )

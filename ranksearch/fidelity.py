@@ -132,7 +132,7 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
     names = list(layers)
     bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
                 or "num_batches_tracked" in k}
-    multiple = config.rank_multiple or svd.RANK_MULTIPLE
+    multiple = config.rank_multiple
     batch_size = config.schedule.finetune.batch_size
     results = []
     for energy in energies:

@@ -111,11 +111,11 @@ def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
     """The compact model of a pruned SVD model, in the fastest form the engine makes, and
     its compaction plan.
 
-    Kept ranks are rounded up to ``config.rank_multiple``; a pair is merged back into one
-    layer where it is slower than the dense layer, timed on the CPU at the latency batch when
+    Kept ranks are rounded up (``config.rank_multiple``, default per layer); a pair is merged
+    back into one layer where it is slower than the dense layer, timed on the CPU at the latency batch when
     the study measures latency, by the FLOPs rule otherwise.
     """
-    multiple = config.rank_multiple or svd.RANK_MULTIPLE
+    multiple = config.rank_multiple
     if not config.measure_latency:
         plan = svd.compaction_plan(model, rank_multiple=multiple)
         return svd.compact(model, plan), plan

@@ -448,7 +448,9 @@ def test_latency_merge_plan() -> None:
                                repeats=2)
     assert set(plan) == set(svd.svd_layers(model))
     # Kept ranks rounded up to the default multiple (or the full rank), else merged back.
-    ranks = {name: min(layer.full_rank, -(-layer.rank // svd.RANK_MULTIPLE) * svd.RANK_MULTIPLE)
+    multiple = {name: svd.rank_multiple_for(layer)
+                for name, layer in svd.svd_layers(model).items()}
+    ranks = {name: min(layer.full_rank, -(-layer.rank // multiple[name]) * multiple[name])
              for name, layer in svd.svd_layers(model).items()}
     assert all(rank is None or rank == ranks[name] for name, rank in plan.items())
     with pytest.raises(ValueError, match="example_input"):

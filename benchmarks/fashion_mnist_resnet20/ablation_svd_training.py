@@ -59,7 +59,7 @@ def kept_ranks(model: torch.nn.Module, energy: float = 0.01) -> dict[str, int]:
 
 
 def deployed_flops(model: torch.nn.Module, config: cfg.StudyConfig, shape: tuple) -> int:
-    plan = svd.compaction_plan(model, rank_multiple=config.rank_multiple or svd.RANK_MULTIPLE)
+    plan = svd.compaction_plan(model, rank_multiple=config.rank_multiple)
     return measure.flops(svd.compact(model, plan, channels_last=False), shape)
 
 

@@ -125,12 +125,14 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.spaces:
-        shared = RunDir(args.work / f"{name}-reference").create()
-        pipeline.reference(cfg.loads(yaml.safe_dump(space(name, "single", 0))), shared,
-                           progress=False)
-        reference = shared.path / "cache" / "reference"
         entry = results.setdefault(name, {"single": {}, "multi_fidelity": {}})
         for seed in args.seeds:
+            # The reference depends on the seed (its training, the validation split): one per
+            # seed, trained outside the budget and shared by the seed's two studies.
+            shared = RunDir(args.work / f"{name}-reference-seed{seed}").create()
+            pipeline.reference(cfg.loads(yaml.safe_dump(space(name, "single", seed))), shared,
+                               progress=False)
+            reference = shared.path / "cache" / "reference"
             single = run_study(args.work, name, "single", seed, reference, args.single_trials,
                                None)
             entry["single"][str(seed)] = single

@@ -10,7 +10,14 @@ and :func:`build_compact` rebuilds that structure for loading a saved ``state_di
 This package imports nothing else of ``ranksearch``.
 """
 
-from .compact import RANK_MULTIPLE, build_compact, compact, compaction_plan, saves_flops
+from .compact import (
+    RANK_MULTIPLE,
+    build_compact,
+    compact,
+    compaction_plan,
+    rank_multiple_for,
+    saves_flops,
+)
 from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
 from .inference import fold_batchnorm, for_inference, to_channels_last
@@ -35,6 +42,7 @@ __all__ = [
     "for_inference",
     "orthogonality_loss",
     "prune_by_energy",
+    "rank_multiple_for",
     "ranks_at_energy",
     "saves_flops",
     "set_ranks",
