@@ -112,8 +112,8 @@ def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
     its compaction plan.
 
     Kept ranks are rounded up (``config.rank_multiple``, default per layer); a pair is merged
-    back into one layer where it is slower than the dense layer, timed on the CPU at the latency batch when
-    the study measures latency, by the FLOPs rule otherwise.
+    back into one layer where it is slower than the dense layer, timed on the CPU at the
+    latency batch when the study measures latency, by the FLOPs rule otherwise.
     """
     multiple = config.rank_multiple
     if not config.measure_latency:

@@ -64,6 +64,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "spectrum_rank_after",
 )
 
+_NUMERIC_COLUMNS = tuple(c for c in METRIC_COLUMNS if c not in (
+    "kind", "state", "status", "full_budget", "fail_reason", "datetime_complete", "method",
+    "ranks", "candidate"))
+
 #: ``kind`` of the threshold candidates a multi-fidelity sweep evaluated without fine-tuning.
 LOW_FIDELITY_KIND = "svd-proxy"
 
@@ -238,20 +242,7 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     df = pd.DataFrame.from_records(rows)
     param_columns = sorted(c for c in df.columns if c.startswith("param_"))
     df = df.reindex(columns=[*METRIC_COLUMNS, *param_columns])
-    for column in (
-        "accuracy",
-        "test_accuracy",
-        "flops",
-        "flops_reduction",
-        "params",
-        "latency_ms",
-        "wall_time_s",
-        "target",
-        "epochs",
-        "number",
-        "spectrum_rank_before",
-        "spectrum_rank_after",
-    ):
+    for column in _NUMERIC_COLUMNS:
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["full_budget"] = df["full_budget"].fillna(False).astype(bool)
     df["kind"] = df["kind"].astype(str)

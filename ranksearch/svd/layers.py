@@ -299,29 +299,21 @@ def select_factors(
     return layer.U[:, indices], s[indices], layer.V[:, indices]
 
 
-class DenseConv2d(nn.Conv2d):
-    """A :class:`torch.nn.Conv2d` that :func:`~ranksearch.svd.decompose` kept dense.
-
-    It computes exactly what ``nn.Conv2d`` does and has the same parameters; only its
-    ``repr`` differs, stating ``dense_reason``. :func:`~ranksearch.svd.compact` turns it back
-    into a plain ``nn.Conv2d``.
-    """
+class _KeptDense:
+    """What marks a layer that :func:`~ranksearch.svd.decompose` kept dense: it computes
+    exactly what its plain class does, with the same parameters; only its ``repr`` differs,
+    stating ``dense_reason``. :func:`~ranksearch.svd.compact` turns it back into the plain
+    class."""
 
     dense_reason: str = ""
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, kept dense: {self.dense_reason}"
+        return f"{super().extra_repr()}, kept dense: {self.dense_reason}"  # type: ignore[misc]
 
 
-class DenseLinear(nn.Linear):
-    """A :class:`torch.nn.Linear` that :func:`~ranksearch.svd.decompose` kept dense.
+class DenseConv2d(_KeptDense, nn.Conv2d):
+    """A :class:`torch.nn.Conv2d` that :func:`~ranksearch.svd.decompose` kept dense."""
 
-    It computes exactly what ``nn.Linear`` does and has the same parameters; only its
-    ``repr`` differs, stating ``dense_reason``. :func:`~ranksearch.svd.compact` turns it back
-    into a plain ``nn.Linear``.
-    """
 
-    dense_reason: str = ""
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, kept dense: {self.dense_reason}"
+class DenseLinear(_KeptDense, nn.Linear):
+    """A :class:`torch.nn.Linear` that :func:`~ranksearch.svd.decompose` kept dense."""
