@@ -245,6 +245,14 @@ def svd_trained(
     return model, {**meta, "svd_cached": False}
 
 
+def finetune_lr(config: cfg.StudyConfig, params: cfg.TrialParams) -> float:
+    """The fine-tuning rate: the schedule's, scaled as a searched SVD-training rate scales
+    the schedule's SVD-training rate."""
+    if params.lr is None:
+        return config.schedule.finetune.lr
+    return config.schedule.finetune.lr * params.lr / config.schedule.svd.lr
+
+
 def trial_config(config: cfg.StudyConfig, params: cfg.TrialParams) -> cfg.StudyConfig:
     """The single-trial config that ``ranksearch train`` reruns to reproduce this trial."""
     return config.model_copy(update={"space": None, "params": params, "baselines": None})
@@ -281,7 +289,8 @@ def run_trial(
         if finetune_epochs > 0:
             result = fit(model, data, config.schedule.finetune, seed=config.seed + 2,
                          regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
-                         epochs=finetune_epochs, precision=config.precision,
+                         lr=finetune_lr(config, params), epochs=finetune_epochs,
+                         precision=config.precision,
                          channels_last=config.channels_last, desc="fine-tune",
                          progress=progress)
             finetune_seconds = result.seconds

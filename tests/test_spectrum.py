@@ -39,3 +39,21 @@ def test_trial_records_the_spectrum_before_and_after(tiny_space, tmp_path) -> No
     again = pipeline.run_trial(config, config.params.model_copy(update={"energy": 0.1}), run,
                                progress=False)
     assert again["svd_cached"] and again["spectrum"] == spectrum
+
+
+def test_a_searched_rate_scales_fine_tuning_too(tiny_space, monkeypatch, tmp_path) -> None:
+    config = cfg.load(tiny_space(space=None, params={
+        "scheme": "channel", "decay": "hoyer", "lambda_s": 1e-3, "energy": 0.3, "lr": 2e-3}))
+    rates = {}
+    real_fit = pipeline.fit
+
+    def recording_fit(*args, **kwargs):
+        rates[kwargs["desc"]] = kwargs.get("lr")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    pipeline.run_trial(config, config.params, RunDir(tmp_path / "run").create(), progress=False)
+    # The tiny schedule: SVD training at 1e-3 and fine-tuning at 5e-4; the searched 2e-3
+    # doubles both.
+    assert rates["svd-train"] == 2e-3
+    assert rates["fine-tune"] == 2 * config.schedule.finetune.lr
