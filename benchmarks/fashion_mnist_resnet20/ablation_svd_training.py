@@ -11,9 +11,10 @@ its fine-tuning steps), channel scheme, ``conv1`` and ``fc`` dense:
   whole budget goes to fine-tuning (the classic baseline).
 
 For each, one global energy threshold per FLOPs target (2x, 3x, 4x) is bisected so that the
-deployed model's FLOPs land at the target (the space's rank rounding decides how close), the pruned model is fine-tuned and its
-test accuracy measured (the trial pipeline's ``measured``: BN folded, fp32, official test
-split). The spectrum: per layer, the kept rank at e = 0.01 before and after SVD training.
+deployed model's FLOPs land at the target (the space's rank rounding decides how close), the
+pruned model is fine-tuned and its test accuracy measured (the trial pipeline's
+``measured``: BN folded, fp32, official test split). The spectrum: per layer, the kept rank
+at e = 0.01 before and after SVD training.
 
     python benchmarks/fashion_mnist_resnet20/ablation_svd_training.py
 
