@@ -34,7 +34,7 @@ from .data import Dataset
 from .dominance import hypervolume_contributions, nondominated
 from .pipeline import dataset, expand_by_layer, reference, svd_key, svd_trained
 from .runs import RunDir, read_json, write_json
-from .train import autocast
+from .train import autocast, evaluate
 
 __all__ = ["Candidate", "energy_candidates", "sweep", "promote"]
 
@@ -109,21 +109,6 @@ def _recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: i
     model.eval()
 
 
-@torch.no_grad()
-def _proxy_accuracy(model: nn.Module, data: Dataset, samples: int, precision: str) -> float:
-    device = next(model.parameters()).device
-    batch_size = min(samples, 500)
-    correct = total = 0
-    for x, y in data.batches("val", batch_size, train=False,
-                             limit=math.ceil(samples / batch_size)):
-        x, y = x[: samples - total], y[: samples - total]
-        with autocast(device, precision):
-            logits = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        total += y.numel()
-    return correct / max(total, 1)
-
-
 def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset,
                          config: cfg.StudyConfig, spec: cfg.SweepSpec,
                          groups: dict[str, str]) -> list[Candidate]:
@@ -137,13 +122,13 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
     results = []
     for energy in energies:
         start = time.perf_counter()
-        for layer in layers.values():
-            layer.mask.fill_(1.0)
+        svd.unprune(model)
         svd.prune_by_energy(model, expand_by_layer(energy, names, groups))
         plan = svd.compaction_plan(model, rank_multiple=multiple)
         flops = measure.flops(svd.compact(model, plan, channels_last=False), data.input_shape)
         _recalibrate_bn(model, data, spec.bn_batches, batch_size, config.precision)
-        accuracy = _proxy_accuracy(model, data, spec.proxy_samples, config.precision)
+        accuracy = evaluate(model, data, "val", batch_size=min(spec.proxy_samples, 500),
+                            precision=config.precision, samples=spec.proxy_samples)
         model.load_state_dict(bn_state, strict=False)
         results.append(Candidate(energy, flops, accuracy,
                                  sum(int(layer.rank) for layer in layers.values()),

@@ -203,15 +203,19 @@ def fit(
 @torch.no_grad()
 def evaluate(
     model: nn.Module, data: Dataset, split: str, batch_size: int = 512,
-    precision: str = "fp32",
+    precision: str = "fp32", samples: int | None = None,
 ) -> float:
-    """Top-1 accuracy (0 to 1) of ``model`` on ``split`` (``val`` or ``test``)."""
+    """Top-1 accuracy (0 to 1) of ``model`` on ``split`` (``val`` or ``test``), or on its
+    first ``samples`` images (the split's order is fixed)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    for x, y in data.batches(split, batch_size, train=False):
+    limit = None if samples is None else math.ceil(samples / batch_size)
+    for x, y in data.batches(split, batch_size, train=False, limit=limit):
+        if samples is not None:
+            x, y = x[: samples - total], y[: samples - total]
         with autocast(device, precision):
             logits = model(x)
         correct += (logits.argmax(dim=1) == y).sum()

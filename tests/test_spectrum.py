@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from ranksearch import config as cfg
@@ -57,3 +58,27 @@ def test_a_searched_rate_scales_fine_tuning_too(tiny_space, monkeypatch, tmp_pat
     # doubles both.
     assert rates["svd-train"] == 2e-3
     assert rates["fine-tune"] == 2 * config.schedule.finetune.lr
+
+
+def test_unprune_restores_the_full_spectrum() -> None:
+    torch.manual_seed(0)
+    model = svd.decompose(models.create("resnet20"), exclude=("fc",))
+    full = {name: layer.full_rank for name, layer in svd.svd_layers(model).items()}
+    pruned = svd.prune_by_energy(model, 0.3)
+    assert pruned != full
+    svd.unprune(model)
+    assert {name: layer.rank for name, layer in svd.svd_layers(model).items()} == full
+    assert svd.prune_by_energy(model, 0.3) == pruned
+
+
+def test_evaluate_on_the_first_samples_of_a_split() -> None:
+    from ranksearch.data import load
+    from ranksearch.train import evaluate
+
+    data = load("digits", val_fraction=0.2, seed=0)
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    x, y = next(iter(data.batches("val", 70, train=False)))
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean().item()
+    assert evaluate(model, data, "val", batch_size=32, samples=70) == pytest.approx(expected)

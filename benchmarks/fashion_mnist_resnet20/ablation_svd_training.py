@@ -25,13 +25,11 @@ targets are read back from the JSON.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ranksearch import config as cfg
@@ -52,28 +50,16 @@ def load_config() -> cfg.StudyConfig:
     return cfg.loads(yaml.safe_dump(raw))
 
 
-def kept_ranks(model: torch.nn.Module, energy: float = 0.01) -> dict[str, int]:
-    probe = copy.deepcopy(model)
-    for layer in svd.svd_layers(probe).values():
-        layer.mask.fill_(1.0)
-    return svd.prune_by_energy(probe, energy)
-
-
-def deployed_flops(model: torch.nn.Module, config: cfg.StudyConfig, shape: tuple) -> int:
-    plan = svd.compaction_plan(model, rank_multiple=config.rank_multiple)
-    return measure.flops(svd.compact(model, plan, channels_last=False), shape)
-
-
-def threshold_for(model, target: float, reference_flops: int, config, shape) -> float:
-    """Global energy threshold whose deployed model is ``target``x smaller (bisection on a
-    log scale; FLOPs fall as the threshold grows)."""
+def threshold_for(model, target: float, reference_flops: int, config, data) -> float:
+    """Global energy threshold whose deployed model (``pipeline.deployable``) is ``target``x
+    smaller (bisection on a log scale; FLOPs fall as the threshold grows)."""
     low, high = 1e-7, 0.999
     for _ in range(30):
         middle = (low * high) ** 0.5
-        for layer in svd.svd_layers(model).values():
-            layer.mask.fill_(1.0)
+        svd.unprune(model)
         svd.prune_by_energy(model, middle)
-        if reference_flops / deployed_flops(model, config, shape) >= target:
+        deployed, _ = pipeline.deployable(model, data, config)
+        if reference_flops / measure.flops(deployed, data.input_shape) >= target:
             high = middle
         else:
             low = middle
@@ -90,13 +76,14 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
     start = time.perf_counter()
     if variant == "truncated-svd":
         model = svd.decompose(dense, scheme="channel", init="svd", exclude=("conv1", "fc"))
-        svd_seconds = 0.0
+        svd_seconds, kept_after = 0.0, None
     else:
         model, meta = pipeline.svd_trained(config, params, run, dense, groups, progress=False)
         svd_seconds = meta.get("svd_train_time_s", 0.0)
-    energy = threshold_for(model, target, ref_metrics["flops"], config, data.input_shape)
-    for layer in svd.svd_layers(model).values():
-        layer.mask.fill_(1.0)
+        # The rank at e = 0.01 after SVD training, as the pipeline recorded it.
+        kept_after = sum(after for _, after in meta["spectrum"].values())
+    energy = threshold_for(model, target, ref_metrics["flops"], config, data)
+    svd.unprune(model)
     svd.prune_by_energy(model, energy)
     before = pipeline.measured(pipeline.deployable(model, data, config)[0], data, config)
     phases = [config.schedule.finetune]
@@ -116,9 +103,7 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
         "test_accuracy": after["test_accuracy"], "val_accuracy": after["accuracy"],
         "reference_test_accuracy": ref_metrics["test_accuracy"],
         "svd_train_seconds": svd_seconds, "seconds": time.perf_counter() - start,
-        "kept_rank_e0.01_after_svd_training": sum(kept_ranks(
-            pipeline.svd_trained(config, params, run, dense, groups, progress=False)[0]
-        ).values()) if variant != "truncated-svd" else None,
+        "kept_rank_e0.01_after_svd_training": kept_after,
     }
 
 
@@ -158,7 +143,8 @@ def main() -> None:
                   budget_steps=config.schedule.svd.max_batches
                   + config.schedule.finetune.max_batches)
     reference_svd = svd.decompose(dense, scheme="channel", exclude=("conv1", "fc"))
-    result.setdefault("spectrum", {})["reference"] = sum(kept_ranks(reference_svd).values())
+    result.setdefault("spectrum", {})["reference"] = sum(
+        svd.ranks_at_energy(reference_svd, pipeline.SPECTRUM_ENERGY).values())
     done = {(r["variant"], r["target"]) for r in result["rows"]}
     for variant in VARIANTS:
         for target in TARGETS:

@@ -22,7 +22,7 @@ from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
 from .inference import fold_batchnorm, for_inference, to_channels_last
 from .layers import DenseConv2d, DenseLinear, SVDLayer, SVDLinear
-from .prune import prune_by_energy, ranks_at_energy, set_ranks
+from .prune import prune_by_energy, ranks_at_energy, set_ranks, unprune
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
 
 __all__ = [
@@ -50,4 +50,5 @@ __all__ = [
     "summary",
     "svd_layers",
     "to_channels_last",
+    "unprune",
 ]

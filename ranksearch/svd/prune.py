@@ -15,7 +15,7 @@ from torch import nn
 from .decompose import per_layer, svd_layers
 from .layers import SVDLayer
 
-__all__ = ["prune_by_energy", "ranks_at_energy", "set_ranks"]
+__all__ = ["prune_by_energy", "ranks_at_energy", "set_ranks", "unprune"]
 
 
 @torch.no_grad()
@@ -51,6 +51,14 @@ def prune_by_energy(
             _keep(layer, _energy_prefix(layer, e))
         ranks[name] = layer.rank
     return ranks
+
+
+@torch.no_grad()
+def unprune(model: nn.Module) -> None:
+    """Keep every singular value of every SVD layer again (their ``s`` was never changed),
+    so that the next :func:`prune_by_energy` starts from the full spectrum."""
+    for layer in svd_layers(model).values():
+        layer.mask.fill_(1.0)
 
 
 @torch.no_grad()
