@@ -28,8 +28,8 @@ convolution kernels work on blocks of 8 or 16 channels, so a rank of 13 costs wh
 :func:`rank_multiple_for` rounds to 16 in wide layers (full rank of at least 128, where a
 block of 16 is a small share) and to 8 in narrow ones, where 16 would often be the full rank
 and forbid any saving (benchmarks/compact_latency.py: resnet18 runs 3.2x fewer FLOPs at
-0.85 of the ideal speedup with 16 against 0.74 with 8). The extra directions are pruned ones
-with singular value zero, so rounding does not change the function. An explicit
+0.85 of the ideal speedup with 16 against 0.78 with 8, batch 8). The extra directions are
+pruned ones with singular value zero, so rounding does not change the function. An explicit
 ``rank_multiple`` (1: exact ranks) and ``channels_last=False`` turn these off.
 
 :func:`build_compact` rebuilds the same structure from the original dense model, so that a
