@@ -38,6 +38,7 @@ __all__ = [
     "Range",
     "ModelSpec",
     "DataSpec",
+    "MetricSpec",
     "Schedule",
     "TrialParams",
     "SearchSpace",
@@ -109,15 +110,39 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    name: DatasetName
+    """Which data: a built-in dataset, an image folder, or a ``module:function`` factory."""
+
+    name: DatasetName | Annotated[str, Field(pattern=r".+:[A-Za-z_][\w.]*$")]
+    """A built-in name (``ranksearch.data.DATASETS``: ``imagefolder`` reads ``dir``), or a
+    factory ``"package.module:function"`` / ``"path/to/file.py:function"`` called with
+    ``**args`` that returns ``{"train": Dataset, "test": Dataset}`` and optionally ``"val"``
+    (``torch.utils.data.Dataset`` objects yielding ``(input tensor, int label)``)."""
     dir: str | None = None
     """The folder holding the dataset's files (relative to the working directory); default
-    ``./data``."""
+    ``./data``. For ``imagefolder``: the folder holding ``train/<class>/*`` and
+    ``test/<class>/*`` (and optionally ``val/<class>/*``)."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of a data factory."""
+    image_size: PositiveInt | None = None
+    """``imagefolder``: the side images are resized and cropped to (default 224)."""
+    mean: list[float] | None = None
+    """``imagefolder``: per-channel means of the images scaled to [0, 1] (default: computed
+    over the training split)."""
+    std: list[float] | None = None
+    """``imagefolder``: per-channel standard deviations (default: computed, like ``mean``)."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
     subset: PositiveInt | None = None
     """Use at most this many training samples (short search schedules)."""
     workers: int = Field(2, ge=0)
-    """DataLoader worker processes, for streamed datasets (ImageNet) only."""
+    """DataLoader worker processes, for streamed datasets (image folders, factories)."""
+
+    @model_validator(mode="after")
+    def _stats_given_together(self) -> DataSpec:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then both are computed)")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("std values must be positive")
+        return self
 
 
 class Schedule(_Strict):
@@ -282,6 +307,17 @@ class LatencySpec(_Strict):
     threads: PositiveInt | None = None
 
 
+class MetricSpec(_Strict):
+    """The quality objective: top-1 accuracy, or the user's own metric (higher is better)."""
+
+    name: str = Field("accuracy", min_length=1)
+    """How the report and the status name the metric (e.g. ``mIoU``)."""
+    evaluate: str | None = None
+    """``"module:function"`` / ``"file.py:function"`` called as ``evaluate(model, batches)``
+    with an iterable of one split's ``(x, y)`` batches in a fixed order, returning a float;
+    default: top-1 accuracy."""
+
+
 class StudyConfig(_Strict):
     """A whole study (with ``space``) or one trial (with ``params``)."""
 
@@ -295,6 +331,12 @@ class StudyConfig(_Strict):
     """Training precision: ``bf16`` autocast, or ``auto`` (bf16 where the GPU or CPU computes
     it natively, else fp32). Accuracy, FLOPs and latency are always measured in fp32."""
     channels_last: bool = False
+    train_loop: str | None = None
+    """``"module:function"`` / ``"file.py:function"``: the user's training loop, called as
+    ``train_loop(model, phase)`` for every phase (reference, SVD training, fine-tuning,
+    baselines) in place of ranksearch's (``ranksearch.train.Phase``); default: ranksearch's
+    cross-entropy loop."""
+    metric: MetricSpec = Field(default_factory=lambda: MetricSpec())
     measure_latency: bool = False
     latency: LatencySpec = Field(default_factory=lambda: LatencySpec())
     rank_multiple: PositiveInt | None = None

@@ -197,6 +197,10 @@ def load(
     device: str | torch.device = "cpu",
     subset: int | None = None,
     num_workers: int = 2,
+    args: dict[str, Any] | None = None,
+    image_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> Dataset:
     """Load a dataset with its ``train`` / ``val`` / ``test`` splits.
 

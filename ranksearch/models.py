@@ -32,13 +32,12 @@ unit of stage-level hyperparameters in a search space.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torchvision
 from torch import nn
 
 from .errors import UserError
+from .imports import ImportFailed, resolve
 
 __all__ = ["ModelError", "CIFAR_RESNET_DEPTHS", "available", "create", "layer_groups"]
 
@@ -165,20 +164,10 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def _from_factory(spec: str, num_classes: int, in_channels: int) -> nn.Module:
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ModelError(f"model factory {spec!r} must read 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ModelError(
-            f"model factory {spec!r}: cannot import {module_name!r}: {error}"
-        ) from None
-    factory = getattr(module, function_name, None)
-    if not callable(factory):
-        raise ModelError(
-            f"model factory {spec!r}: {module_name!r} has no function {function_name!r}"
-        )
+        factory = resolve(spec, "model factory")
+    except ImportFailed as error:
+        raise ModelError(str(error)) from None
     model = factory(num_classes=num_classes, in_channels=in_channels)
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -192,8 +181,9 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
     Args:
         name: a CIFAR ResNet (``resnet20/32/44/56/110``), a torchvision classification model
-            name, or a ``"package.module:function"`` factory (imported and called with
-            ``num_classes=`` and ``in_channels=``; this runs the named user code).
+            name, or a ``"package.module:function"`` (or ``"file.py:function"``) factory,
+            imported and called with ``num_classes=`` and ``in_channels=`` (this runs the
+            named user code).
         num_classes: size of the classifier's output.
         in_channels: channels of the input images (1 for grey-scale data).
 

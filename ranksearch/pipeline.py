@@ -47,18 +47,17 @@ def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_dataset(name: str, data_dir: str | None, val_fraction: float, subset: int | None,
-                    seed: int, device: str, workers: int) -> Dataset:
-    return load_data(name, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                     device=device, subset=subset, num_workers=workers)
+def _cached_dataset(spec_json: str, seed: int, device: str) -> Dataset:
+    spec = cfg.DataSpec.model_validate_json(spec_json)
+    return load_data(spec.name, data_dir=spec.dir, val_fraction=spec.val_fraction, seed=seed,
+                     device=device, subset=spec.subset, num_workers=spec.workers,
+                     args=spec.args, image_size=spec.image_size, mean=spec.mean, std=spec.std)
 
 
 def dataset(config: cfg.StudyConfig) -> Dataset:
     """The study's dataset on its training device, loaded once per process."""
-    d = config.data
     device = str(resolve_device(config.device))
-    return _cached_dataset(d.name, d.dir, d.val_fraction, d.subset, config.seed, device,
-                           d.workers)
+    return _cached_dataset(config.data.model_dump_json(), config.seed, device)
 
 
 def _weights_digest(path: str | None) -> str | None:

@@ -12,5 +12,5 @@ names the datasets through :data:`DatasetName` without importing torch.
 import typing
 from typing import Literal
 
-DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet"]
+DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "imagefolder"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
