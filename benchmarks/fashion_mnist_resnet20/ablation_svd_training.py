@@ -20,6 +20,12 @@ at e = 0.01 before and after SVD training.
 
 Writes ablation_svd_training.json and .md beside this file. Resumable: finished variants and
 targets are read back from the JSON.
+
+Where does each win? ``--finetune-budgets 0,100,400`` asks it along the fine-tuning budget:
+every variant gets exactly that many fine-tuning steps per point, and SVD training's steps
+are not charged to the point, because one SVD-trained model serves every point of its
+threshold sweep (``ranksearch.fidelity``): its cost is shared, truncated SVD has none to
+share. Writes ablation_svd_training_budget.json and .md.
 """
 
 from __future__ import annotations
@@ -66,8 +72,13 @@ def threshold_for(model, target: float, reference_flops: int, config, data) -> f
     return high
 
 
-def run_variant(variant: str, target: float, config, run, dense, ref_metrics, args
-                ) -> dict[str, Any]:
+def run_variant(variant: str, target: float, config, run, dense, ref_metrics, args,
+                finetune_steps: int | None = None) -> dict[str, Any]:
+    """One compact model of ``variant`` at ``target``x fewer FLOPs, fine-tuned and measured.
+
+    ``finetune_steps`` None: the space's budget per trial (truncated SVD fine-tunes for the
+    SVD-training steps too); a number: exactly that many fine-tuning steps for every variant.
+    """
     data = pipeline.dataset(config)
     params = cfg.TrialParams(scheme="channel", decay="none" if variant == "truncated-svd"
                              else "hoyer", lambda_s=args.lambda_s if variant == "svd-training"
@@ -87,7 +98,10 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
     svd.prune_by_energy(model, energy)
     before = pipeline.measured(pipeline.deployable(model, data, config)[0], data, config)
     phases = [config.schedule.finetune]
-    if variant == "truncated-svd":  # the SVD-training steps go to fine-tuning too
+    if finetune_steps is not None:
+        phases = [config.schedule.finetune.model_copy(update={"max_batches": finetune_steps})
+                  ] if finetune_steps else []
+    elif variant == "truncated-svd":  # the SVD-training steps go to fine-tuning too
         phases.insert(0, config.schedule.svd.model_copy(update={"lr": config.schedule.finetune.lr}))
     for i, schedule in enumerate(phases):
         fit(model, data, schedule, seed=config.seed + 2 + i, precision=config.precision,
@@ -104,6 +118,7 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
         "reference_test_accuracy": ref_metrics["test_accuracy"],
         "svd_train_seconds": svd_seconds, "seconds": time.perf_counter() - start,
         "kept_rank_e0.01_after_svd_training": kept_after,
+        "finetune_steps": finetune_steps,
     }
 
 
@@ -129,15 +144,42 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budget_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Where does SVD training win? Test accuracy against the fine-tuning budget per point",
+        "", f"Reference test accuracy {100 * result['reference_test_accuracy']:.2f} %. Hoyer "
+        f"λ_s = {result['lambda_s']:g}. Every variant gets exactly the fine-tuning steps of its "
+        "column; SVD training's own steps are shared by every point swept from one trained "
+        f"model ({result['svd_steps']} steps per trained model), truncated SVD has none.", "",
+        "| target | variant | FLOPs reduction | "
+        + " | ".join(f"{k} steps" for k in result["budgets"]) + " |",
+        "|---|---|---|" + "---|" * len(result["budgets"])]
+    cells: dict[tuple[str, float], dict[int, dict[str, Any]]] = {}
+    for row in result["rows"]:
+        cells.setdefault((row["variant"], row["target"]), {})[row["finetune_steps"]] = row
+    for (variant, target), by_budget in sorted(cells.items(), key=lambda kv: kv[0][1]):
+        reduction = next(iter(by_budget.values()))["flops_reduction"]
+        lines.append(f"| {target:g}x | {variant} | {reduction:.2f}x | " + " | ".join(
+            f"{100 * by_budget[k]['test_accuracy']:.2f} %" if k in by_budget else "—"
+            for k in result["budgets"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lambda-s", type=float, default=0.07)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "fmnist-ablation")
+    parser.add_argument("--finetune-budgets", type=lambda text: [int(k) for k in text.split(",")],
+                        help="comma-separated fine-tuning steps per point (the budget axis)")
+    parser.add_argument("--targets", type=lambda text: [float(t) for t in text.split(",")],
+                        default=list(TARGETS))
     args = parser.parse_args()
     config = load_config()
     run = RunDir(args.run_dir).create()
     dense, ref_metrics = pipeline.reference(config, run, progress=False)
-    out = HERE / "ablation_svd_training.json"
+    budgets = args.finetune_budgets
+    stem = "ablation_svd_training_budget" if budgets else "ablation_svd_training"
+    out = HERE / f"{stem}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     result.update(lambda_s=args.lambda_s, reference_test_accuracy=ref_metrics["test_accuracy"],
                   budget_steps=config.schedule.svd.max_batches
@@ -145,18 +187,22 @@ def main() -> None:
     reference_svd = svd.decompose(dense, scheme="channel", exclude=("conv1", "fc"))
     result.setdefault("spectrum", {})["reference"] = sum(
         svd.ranks_at_energy(reference_svd, pipeline.SPECTRUM_ENERGY).values())
-    done = {(r["variant"], r["target"]) for r in result["rows"]}
+    if budgets:
+        result.update(budgets=budgets, svd_steps=config.schedule.svd.max_batches)
+    done = {(r["variant"], r["target"], r.get("finetune_steps")) for r in result["rows"]}
     for variant in VARIANTS:
-        for target in TARGETS:
-            if (variant, target) in done:
-                continue
-            row = run_variant(variant, target, config, run, dense, ref_metrics, args)
-            if row["kept_rank_e0.01_after_svd_training"] is not None:
-                result["spectrum"][variant] = row["kept_rank_e0.01_after_svd_training"]
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            out.write_text(json.dumps(result, indent=1) + "\n")
-            (HERE / "ablation_svd_training.md").write_text(markdown(result))
+        for target in args.targets:
+            for steps in budgets or [None]:
+                if (variant, target, steps) in done:
+                    continue
+                row = run_variant(variant, target, config, run, dense, ref_metrics, args, steps)
+                if row["kept_rank_e0.01_after_svd_training"] is not None:
+                    result["spectrum"][variant] = row["kept_rank_e0.01_after_svd_training"]
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                out.write_text(json.dumps(result, indent=1) + "\n")
+                (HERE / f"{stem}.md").write_text(
+                    budget_markdown(result) if budgets else markdown(result))
 
 
 if __name__ == "__main__":
