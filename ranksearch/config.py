@@ -112,7 +112,7 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     """Which data: a built-in dataset, an image folder, or a ``module:function`` factory."""
 
-    name: DatasetName | Annotated[str, Field(pattern=r".+:[A-Za-z_][\w.]*$")]
+    name: DatasetName | str
     """A built-in name (``ranksearch.data.DATASETS``: ``imagefolder`` reads ``dir``), or a
     factory ``"package.module:function"`` / ``"path/to/file.py:function"`` called with
     ``**args`` that returns ``{"train": Dataset, "test": Dataset}`` and optionally ``"val"``
@@ -128,7 +128,7 @@ class DataSpec(_Strict):
     mean: list[float] | None = None
     """``imagefolder``: per-channel means of the images scaled to [0, 1] (default: computed
     over the training split)."""
-    std: list[float] | None = None
+    std: list[PositiveFloat] | None = None
     """``imagefolder``: per-channel standard deviations (default: computed, like ``mean``)."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
     subset: PositiveInt | None = None
@@ -136,12 +136,20 @@ class DataSpec(_Strict):
     workers: int = Field(2, ge=0)
     """DataLoader worker processes, for streamed datasets (image folders, factories)."""
 
+    @field_validator("name")
+    @classmethod
+    def _dataset_or_factory(cls, name: str) -> str:
+        # Checked here, not by the type, whose failure would list every branch of the union.
+        names = typing.get_args(DatasetName)
+        if name in names or re.fullmatch(r".+:[A-Za-z_][\w.]*", name):
+            return name
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(map(repr, names))},"
+                         " or a data factory 'package.module:function' or 'file.py:function'")
+
     @model_validator(mode="after")
     def _stats_given_together(self) -> DataSpec:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither (then both are computed)")
-        if self.std is not None and any(v <= 0 for v in self.std):
-            raise ValueError("std values must be positive")
         return self
 
 

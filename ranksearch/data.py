@@ -22,15 +22,27 @@ Datasets:
 - ``imagenet``: ImageFolder trees ``train/<class>/*`` and ``val/<class>/*`` under ``data_dir``
   (3×224×224), decoded and augmented by DataLoader worker processes (it cannot sit in
   memory). The official ``val`` folder is the ``test`` split.
+- ``imagefolder``: the user's images, ``train/<class>/*`` and ``test/<class>/*`` under
+  ``data_dir``, with ``val/<class>/*`` as the ``val`` split when present (else ``val`` is held
+  out of ``train``), decoded as RGB and sized to ``image_size`` (default 224) like ImageNet,
+  normalised with the given ``mean``/``std`` or with statistics estimated on the training
+  split (:class:`ImageFolderDataset`).
+- a data factory, named ``"package.module:function"`` or ``"path/to/file.py:function"``: the
+  user's function, called with ``**args``, returns ``{"train": Dataset, "test": Dataset}``
+  and optionally ``"val"`` (``torch.utils.data.Dataset`` objects yielding ``(input tensor,
+  int label)``), which are batched as they are (:class:`FactoryDataset`).
 
 When ``data_dir`` is None the directory ``./data`` (relative to the working directory) is
 searched. The small datasets are held in memory as uint8 tensors on ``device`` and augmented
 there a whole batch at a time (random crop with zero padding, and a horizontal flip except for
 digits, which are not mirror-symmetric), then normalised with fixed per-dataset channel
-means and standard deviations.
+means and standard deviations. Image folders and factories are read by DataLoader worker
+processes, each sample under its own seed, so that batches do not depend on how many.
 
 A dataset that cannot be found raises :class:`DataError` with one line naming every place
-that was searched and how to get the data.
+that was searched and how to get the data; malformed data (an empty class folder, a factory
+returning the wrong type, a bad sample) raises it with one line naming the problem, and a
+factory that cannot be imported raises :class:`~ranksearch.imports.ImportFailed`.
 """
 
 from __future__ import annotations
@@ -42,17 +54,19 @@ import numpy as np
 import torch
 
 from .datasets import DATASETS, DatasetName
-from .datasets.base import SPLITS, DataError, Dataset, stratified_order
+from .datasets.base import SPLITS, STATS, DataError, Dataset, stratified_order
+from .datasets.factory import FactoryDataset, from_factory
 from .datasets.files import idx_file, read_cifar_batch, read_idx
 from .datasets.imagefolder import ImageFolderDataset
 from .datasets.memory import InMemoryDataset
 
 __all__ = ["DATASETS", "SPLITS", "DataError", "Dataset", "DatasetName", "InMemoryDataset",
-           "ImageFolderDataset", "load"]
+           "ImageFolderDataset", "FactoryDataset", "load"]
 
 DEFAULT_DATA_DIR = Path("data")
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TEST_FRACTION = 0.2
+DEFAULT_IMAGE_SIZE = 224
 # Where users name the data folder: the error messages tell them.
 DIR_FIELD = "data.dir in the YAML (data_dir= in Python)"
 
@@ -179,13 +193,41 @@ def _load_imagenet(data_dir: str | Path | None, num_workers: int, **kwargs: Any)
     candidates = [d for root in _roots(data_dir) for d in (root, root / "imagenet")]
     for directory in candidates:
         if (directory / "train").is_dir() and (directory / "val").is_dir():
-            return ImageFolderDataset("imagenet", directory, num_workers=num_workers, **kwargs)
+            return ImageFolderDataset("imagenet", directory, num_workers=num_workers,
+                                      stats=STATS["imagenet"], test_folder="val", **kwargs)
     raise DataError(
         "imagenet not found: looked for train/ and val/ class folders in "
         f"{', '.join(str(d.absolute()) for d in candidates)}; set {DIR_FIELD} to an "
         "ILSVRC-2012 folder with train/<class>/*.JPEG and val/<class>/*.JPEG "
         "(val sorted into class folders); it cannot be downloaded automatically: get it from "
         "https://image-net.org"
+    )
+
+
+def _load_imagefolder(data_dir: str | Path | None, num_workers: int, image_size: int | None,
+                      mean: list[float] | None, std: list[float] | None,
+                      **kwargs: Any) -> Dataset:
+    root = _roots(data_dir)[0]
+    for folder in ("train", "test"):
+        if not (root / folder).is_dir():
+            raise DataError(
+                f"imagefolder: no {folder}/ folder in {root.absolute()}; set {DIR_FIELD} to a "
+                "folder holding train/<class>/* and test/<class>/* (and optionally val/<class>/*)"
+            )
+    if mean is not None and std is not None:
+        if len(mean) != 3 or len(std) != 3:
+            raise DataError(f"imagefolder: data.mean and data.std need 3 values (R, G, B; "
+                            f"images are read as RGB), got {len(mean)} and {len(std)}")
+        stats = (tuple(mean), tuple(std))
+    elif mean is None and std is None:
+        stats = None
+    else:
+        raise DataError("imagefolder: give both data.mean and data.std, or neither (then both "
+                        "are computed)")
+    return ImageFolderDataset(
+        "imagefolder", root, num_workers=num_workers,
+        image_size=image_size or DEFAULT_IMAGE_SIZE, stats=stats, test_folder="test",
+        val_folder="val" if (root / "val").is_dir() else None, **kwargs,
     )
 
 
@@ -205,34 +247,57 @@ def load(
     """Load a dataset with its ``train`` / ``val`` / ``test`` splits.
 
     Args:
-        name: one of :data:`DATASETS` (case and ``_``/``-`` are not significant).
+        name: one of :data:`DATASETS` (case and ``_``/``-`` are not significant), or a data
+            factory ``"package.module:function"`` / ``"path/to/file.py:function"`` (a path
+            relative to the working directory).
         data_dir: where to look for the files (default ``./data``); Fashion-MNIST is also
             found in Debian's ``/usr/share/datasets/fashion-mnist``; digits needs nothing.
-        val_fraction: share of the official training split held out as ``val`` (stratified),
-            in ``[0, 1)``.
-        seed: chooses the ``val`` split and the ``subset`` (the digits test split is fixed).
+            For ``imagefolder``: the folder holding ``train/``, ``test/`` and maybe ``val/``.
+        val_fraction: share of the training split held out as ``val`` (stratified), in
+            ``[0, 1)``; unused when the data has a ``val`` split of its own (an image folder's
+            ``val/``, a factory's ``"val"``).
+        seed: chooses the ``val`` split and the ``subset`` (the digits test split is fixed),
+            and the images that estimate an image folder's statistics.
         device: where the in-memory datasets live and where every batch is delivered.
         subset: keep only this many ``train`` samples (stratified, chosen by ``seed``; all of
             them if there are fewer); ``val`` and ``test`` are unchanged.
-        num_workers: DataLoader worker processes for ``imagenet`` (ignored otherwise).
+        num_workers: DataLoader worker processes for ``imagenet``, ``imagefolder`` and data
+            factories (ignored otherwise; 0 reads in the calling process).
+        args: keyword arguments of a data factory (factories only).
+        image_size: ``imagefolder``: the side of the square inputs (default 224).
+        mean, std: ``imagefolder``: per-channel (R, G, B) statistics of the images scaled to
+            [0, 1], both or neither; default: estimated on the training split.
 
     Raises:
-        DataError: unknown name, or the files are missing or malformed.
+        DataError: unknown name, the files are missing or malformed, a factory fails or
+            returns something else than ``train``/``test`` datasets of (tensor, int) samples,
+            or an argument that the dataset does not take.
+        ImportFailed: a factory that cannot be imported.
         ValueError: ``val_fraction`` or ``subset`` out of range.
     """
-    key = name.lower().replace("_", "-")
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    factory = ":" in name
+    key = name if factory else name.lower().replace("_", "-")
+    if not factory and key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or a "
+                        "data factory 'package.module:function' or 'path/to/file.py:function'")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of samples, got {subset}")
+    if args and not factory:
+        raise DataError(f"data.args applies to data factories ('module:function'), not to {key}")
+    image_args = {"image_size": image_size, "mean": mean, "std": std}
+    if key != "imagefolder" and any(v is not None for v in image_args.values()):
+        given = ", ".join(f"data.{k}" for k, v in image_args.items() if v is not None)
+        raise DataError(f"{given} applies to imagefolder only, not to {key}")
     split_args: dict[str, Any] = {
         "val_fraction": val_fraction,
         "seed": seed,
         "subset": subset,
         "device": torch.device(device),
     }
+    if factory:
+        return from_factory(name, args, num_workers=num_workers, **split_args)
     if key == "digits":
         return _load_digits(**split_args)
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -243,4 +308,6 @@ def load(
         return _load_fashion_mnist(data_dir, **split_args)
     if key in ("cifar10", "cifar100"):
         return _load_cifar(key, data_dir, **split_args)
+    if key == "imagefolder":
+        return _load_imagefolder(data_dir, num_workers, **image_args, **split_args)
     return _load_imagenet(data_dir, num_workers, **split_args)

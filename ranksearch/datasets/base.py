@@ -11,16 +11,19 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["SPLITS", "DataError", "Dataset", "split_train", "stratified_order", "check_split",
-           "random_device"]
+__all__ = ["SPLITS", "STATS", "Stats", "DataError", "Dataset", "split_train", "stratified_order",
+           "check_split", "random_device"]
 
 SPLITS = ("train", "val", "test")
 
-# Channel statistics of the training images, scaled to [0, 1].
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+"""Per-channel ``(mean, std)`` of inputs scaled to [0, 1]."""
+
+# Channel statistics of the built-in datasets' training images.
 # digits and Fashion-MNIST: computed over their training images; CIFAR: the usual values
 # (per-pixel standard deviations, not the often-quoted 0.2023/0.1994/0.2010); ImageNet:
 # torchvision's.
-_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+STATS: dict[str, Stats] = {
     "digits": ((0.3053,), (0.3760,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -84,16 +87,22 @@ class Dataset(abc.ABC):
     """A dataset with ``train``, ``val`` and ``test`` splits that yields normalised batches.
 
     Attributes:
-        name: canonical dataset name (one of :data:`ranksearch.data.DATASETS`).
-        input_shape: ``(C, H, W)`` of one input as the model sees it.
+        name: canonical dataset name (one of :data:`ranksearch.data.DATASETS`), or the
+            ``module:function`` spec of a data factory.
+        input_shape: shape of one input as the model sees it: ``(C, H, W)`` for images, any
+            shape for a data factory's inputs.
         num_classes: number of classes; labels are ``0 .. num_classes - 1``.
         device: where the yielded batches live.
+        normalisation: the per-channel ``(mean, std)`` of inputs scaled to [0, 1] that
+            batches are normalised with; None when batches are yielded as the data gives them
+            (data factories).
     """
 
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     device: torch.device
+    normalisation: Stats | None
 
     @abc.abstractmethod
     def len_split(self, split: str) -> int:
@@ -134,9 +143,9 @@ class Dataset(abc.ABC):
         count = (max(1, n // batch_size) if n else 0) if train else math.ceil(n / batch_size)
         return count if limit is None else min(count, limit)
 
-    def _normaliser(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _normaliser(self, scale: float, stats: Stats) -> tuple[torch.Tensor, torch.Tensor]:
         # (x / scale - mean) / std == x * mul - sub, one fused multiply-subtract per batch.
-        mean, std = (torch.tensor(v, device=self.device).view(-1, 1, 1) for v in _STATS[self.name])
+        mean, std = (torch.tensor(v, device=self.device).view(-1, 1, 1) for v in stats)
         return 1.0 / (scale * std), mean / std
 
     def __repr__(self) -> str:

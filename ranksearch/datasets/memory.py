@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Dataset, check_split, random_device, split_train
+from .base import STATS, Dataset, check_split, random_device, split_train
 
 __all__ = ["InMemoryDataset"]
 
@@ -61,7 +61,8 @@ class InMemoryDataset(Dataset):
             "val": (train_x, train_y, torch.from_numpy(val_index).to(device)),
             "test": (test_x, test_y, torch.arange(len(test_y), device=device)),
         }
-        self._mul, self._sub = self._normaliser(scale)
+        self.normalisation = STATS[name]
+        self._mul, self._sub = self._normaliser(scale, self.normalisation)
 
     def len_split(self, split: str) -> int:
         check_split(split)
