@@ -58,7 +58,7 @@ from . import config as cfg
 from . import pipeline
 from .measure import flops
 from .runs import CacheEntry, RunDir, read_json, write_json
-from .train import Diverged, fit
+from .train import Diverged, MetricFailed
 
 __all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "run_baselines",
            "run_baselines_for_run"]
@@ -358,19 +358,21 @@ def _baseline_run(config, run, method: str, target: float, progress: bool) -> di
     torch.manual_seed(config.seed)
     epochs = 0
     train_seconds = 0.0
+    metrics: dict[str, Any] = {}
     try:
         pruned = prune_to_flops(dense, data.input_shape, method, target, seed=config.seed)
         phases = (("svd", config.schedule.svd), ("finetune", config.schedule.finetune))
-        for phase, schedule in phases:
-            result = fit(pruned, data, schedule, seed=config.seed + 3, precision=config.precision,
-                         channels_last=config.channels_last, progress=progress,
-                         desc=f"{method} {target:g}x ({phase} budget)")
+        for budget, schedule in phases:
+            result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
+                                    desc=f"{method} {target:g}x ({budget} budget)",
+                                    progress=progress)
             epochs += result.epochs
             train_seconds += result.seconds
+        metrics = pipeline.measured(pruned, data, config)
         status = "complete"
-    except (Diverged, RuntimeError) as err:  # diverged, or no channel could be removed
+    # Diverged, a metric with no finite value, or no channel could be removed.
+    except (Diverged, MetricFailed, RuntimeError) as err:
         status = f"failed: {err}"
-    metrics = pipeline.measured(pruned, data, config) if status == "complete" else {}
     metrics.update(method=method, target=target, epochs=epochs, status=status,
                    train_time_s=train_seconds, wall_time_s=time.perf_counter() - start)
     if "flops" in metrics:
@@ -398,7 +400,7 @@ def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]
                 if held and not result_path.is_file():
                     metrics = _baseline_run(config, run, method, target, progress)
                     write_json(result_path, metrics)
-                    print(f"baseline {method} {target:g}x: accuracy "
+                    print(f"baseline {method} {target:g}x: {config.metric.name} "
                           f"{metrics.get('accuracy', float('nan')):.4f}, "
                           f"{metrics.get('flops_reduction', float('nan')):.2f}x fewer FLOPs",
                           file=sys.stderr, flush=True)

@@ -1,12 +1,13 @@
 """Many points per trained model: the energy-threshold sweep and its promotion rule.
 
 One SVD-trained model gives a whole accuracy–FLOPs curve: prune it at many energy
-thresholds and evaluate each candidate without fine-tuning. :func:`sweep` does that on a
-fixed subset of the validation split (its first ``proxy_samples`` images; the split's order
-is fixed by the study's seed), after re-estimating the batch-norm statistics of each pruned
-candidate on ``bn_batches`` training batches (pruning shifts every activation's scale, and
-stale statistics, not the pruning, would then decide the proxy accuracy). FLOPs are those of
-the candidate's compact model (FLOPs merge rule, the study's rank rounding).
+thresholds and evaluate each candidate without fine-tuning. :func:`sweep` does that, with the
+study's metric (top-1 accuracy or the user's), on a fixed subset of the validation split (its
+first ``proxy_samples`` samples; the split's order is fixed by the study's seed), after
+re-estimating the batch-norm statistics of each pruned candidate on ``bn_batches`` training
+batches (pruning shifts every activation's scale, and stale statistics, not the pruning, would
+then decide the proxy accuracy). FLOPs are those of the candidate's compact model (FLOPs merge
+rule, the study's rank rounding).
 
 :func:`promote` picks the candidates worth fine-tuning: on the proxy front, by the
 hypervolume each adds. The search makes each a complete trial of the study with its real
@@ -32,9 +33,9 @@ from . import config as cfg
 from . import measure, svd
 from .data import Dataset
 from .dominance import hypervolume_contributions, nondominated
-from .pipeline import dataset, expand_by_layer, reference, svd_key, svd_trained
+from .pipeline import dataset, expand_by_layer, quality, reference, svd_key, svd_trained
 from .runs import RunDir, read_json, write_json
-from .train import autocast, evaluate
+from .train import autocast
 
 __all__ = ["Candidate", "energy_candidates", "sweep", "promote"]
 
@@ -127,8 +128,8 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
         plan = svd.compaction_plan(model, rank_multiple=multiple)
         flops = measure.flops(svd.compact(model, plan, channels_last=False), data.input_shape)
         _recalibrate_bn(model, data, spec.bn_batches, batch_size, config.precision)
-        accuracy = evaluate(model, data, "val", batch_size=min(spec.proxy_samples, 500),
-                            precision=config.precision, samples=spec.proxy_samples)
+        accuracy = quality(model, data, config, "val", batch_size=min(spec.proxy_samples, 500),
+                           precision=config.precision, samples=spec.proxy_samples)
         model.load_state_dict(bn_state, strict=False)
         results.append(Candidate(energy, flops, accuracy,
                                  sum(int(layer.rank) for layer in layers.values()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,26 @@ from . import config as cfg
 from . import measure, models, svd
 from .data import Dataset
 from .data import load as load_data
+from .imports import resolve
 from .runs import RunDir, atomic_write_text, load_state, read_json, save_state, write_json
-from .train import Diverged, evaluate, fit, resolve_device
+from .train import (
+    Diverged,
+    FitResult,
+    Metric,
+    MetricFailed,
+    Phase,
+    PhaseName,
+    Regulariser,
+    TrainLoop,
+    evaluate,
+    resolve_device,
+    run_phase,
+)
 
 __all__ = [
     "TrialFailed", "run_trial", "reference", "dataset", "build_model", "expand_by_layer",
-    "measured", "deployable", "svd_trained", "svd_key",
+    "measured", "deployable", "svd_trained", "svd_key", "train", "quality", "training_loop",
+    "metric",
 ]
 
 
@@ -60,6 +75,60 @@ def dataset(config: cfg.StudyConfig) -> Dataset:
     return _cached_dataset(config.data.model_dump_json(), config.seed, device)
 
 
+@functools.cache
+def _user_code(spec: str, what: str) -> Callable[..., Any]:
+    # Once per process: a file-named spec would otherwise be looked up on every phase.
+    return resolve(spec, what)
+
+
+def training_loop(config: cfg.StudyConfig) -> TrainLoop | None:
+    """The user's ``train_loop(model, phase)`` the config names; None for ranksearch's.
+
+    Raises:
+        ImportFailed: the function cannot be imported (one line).
+    """
+    return _user_code(config.train_loop, "training loop") if config.train_loop else None
+
+
+def metric(config: cfg.StudyConfig) -> Metric | None:
+    """The user's ``evaluate(model, batches)`` the config names; None for top-1 accuracy.
+
+    Raises:
+        ImportFailed: the function cannot be imported (one line).
+    """
+    spec = config.metric.evaluate
+    return _user_code(spec, f"metric {config.metric.name}") if spec else None
+
+
+def quality(model: nn.Module, data: Dataset, config: cfg.StudyConfig, split: str,
+            **kwargs: Any) -> float:
+    """The study's metric of ``model`` on ``split`` (:func:`ranksearch.train.evaluate`,
+    whose keyword arguments ``kwargs`` are).
+
+    Raises:
+        MetricFailed: the metric returned no finite number.
+    """
+    return evaluate(model, data, split, metric=metric(config), name=config.metric.name,
+                    **kwargs)
+
+
+def train(
+    config: cfg.StudyConfig, model: nn.Module, name: PhaseName, schedule: cfg.Schedule, *,
+    seed: int, desc: str, progress: bool, regulariser: Regulariser | None = None,
+    lr: float | None = None, epochs: int | None = None,
+) -> FitResult:
+    """Train ``model`` in place for one phase of the study: with the config's training loop
+    (:func:`training_loop`), else ranksearch's :func:`~ranksearch.train.fit`.
+
+    Raises:
+        Diverged: the loss, or the weights a user's loop left, became non-finite.
+    """
+    phase = Phase(name, dataset(config), schedule, seed=seed, lr=lr, epochs=epochs,
+                  regulariser=regulariser, precision=config.precision,
+                  channels_last=config.channels_last, desc=desc, progress=progress)
+    return run_phase(model, phase, training_loop(config))
+
+
 def _weights_digest(path: str | None) -> str | None:
     """The content of user-given weights, so that new weights at the same path retrain."""
     if not path or not Path(path).is_file():
@@ -68,28 +137,38 @@ def _weights_digest(path: str | None) -> str | None:
 
 
 def reference_key(config: cfg.StudyConfig) -> str:
-    """What determines the dense reference: model, data, schedule and seed."""
-    return cfg.settings_key(
+    """What determines the dense reference (and, through it, every cache entry): model,
+    data, schedule, seed, and the user's training loop and metric when given."""
+    parts: list[Any] = [
         "reference", config.model.model_dump(exclude={"exclude"}), config.data.model_dump(),
         _weights_digest(config.model.weights),
         config.schedule.reference.key(), config.seed, config.precision,
-    )
+    ]
+    # Only when given: the caches of studies without them keep their keys (and resume).
+    user = {"train_loop": config.train_loop, "metric": config.metric.evaluate}
+    if any(user.values()):
+        parts.append(user)
+    return cfg.settings_key(*parts)
 
 
 def measured(model: nn.Module, data: Dataset, config: cfg.StudyConfig) -> dict[str, Any]:
-    """Validation and test accuracy, FLOPs, parameters (and latency) of a trained model, all
-    measured on its deployed form (:func:`ranksearch.svd.for_inference`: batch norms folded,
+    """Validation and test quality (the study's metric, keyed ``accuracy`` and
+    ``test_accuracy``), FLOPs, parameters (and latency) of a trained model, all measured on
+    its deployed form (:func:`ranksearch.svd.for_inference`: batch norms folded,
     channels_last, eval mode) in fp32, the model that ``export`` writes.
 
     Latency is CPU time at ``config.latency.batch_size`` (``latency_ms``, what the latency
     objective minimises), and also at batch 1 when that batch is larger
     (``latency_batch1_ms``), on ``config.latency.threads`` threads.
+
+    Raises:
+        MetricFailed: the metric returned no finite number.
     """
     t0 = time.perf_counter()
     deployed = svd.for_inference(model)
     metrics: dict[str, Any] = {
-        "accuracy": evaluate(deployed, data, "val"),
-        "test_accuracy": evaluate(deployed, data, "test"),
+        "accuracy": quality(deployed, data, config, "val"),
+        "test_accuracy": quality(deployed, data, config, "test"),
         "flops": measure.flops(deployed, data.input_shape),
         "params": measure.params(deployed),
     }
@@ -158,9 +237,8 @@ def reference(
             train_seconds, epochs = 0.0, 0
         else:
             try:
-                result = fit(model, data, config.schedule.reference, seed=config.seed,
-                             precision=config.precision, channels_last=config.channels_last,
-                             desc="reference", progress=progress)
+                result = train(config, model, "reference", config.schedule.reference,
+                               seed=config.seed, desc="reference", progress=progress)
             except Diverged as err:
                 raise TrialFailed(f"reference {err}") from None
             train_seconds, epochs = result.seconds, result.epochs
@@ -207,7 +285,6 @@ def svd_trained(
     layer_groups: dict[str, str], progress: bool,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The reference decomposed and SVD-trained, cached for trials that share its settings."""
-    data = dataset(config)
     entry = run.cache("svd", svd_key(config, params))
     torch.manual_seed(config.seed)
     model = svd.decompose(dense, scheme=params.scheme, init=params.init,
@@ -228,10 +305,9 @@ def svd_trained(
             return loss
 
         before = svd.ranks_at_energy(model, SPECTRUM_ENERGY)
-        result = fit(model, data, config.schedule.svd, seed=config.seed + 1,
-                     regulariser=regulariser, lr=params.lr, epochs=params.svd_epochs,
-                     precision=config.precision, channels_last=config.channels_last,
-                     desc="svd-train", progress=progress)
+        result = train(config, model, "svd", config.schedule.svd, seed=config.seed + 1,
+                       regulariser=regulariser, lr=params.lr, epochs=params.svd_epochs,
+                       desc="svd-train", progress=progress)
         after = svd.ranks_at_energy(model, SPECTRUM_ENERGY)
         meta = {"svd_train_time_s": result.seconds, "svd_epochs": result.epochs,
                 "svd_losses": result.losses,
@@ -286,18 +362,20 @@ def run_trial(
                            else config.schedule.finetune.epochs)
         finetune_seconds = 0.0
         if finetune_epochs > 0:
-            result = fit(model, data, config.schedule.finetune, seed=config.seed + 2,
-                         regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
-                         lr=finetune_lr(config, params), epochs=finetune_epochs,
-                         precision=config.precision,
-                         channels_last=config.channels_last, desc="fine-tune",
-                         progress=progress)
+            result = train(config, model, "finetune", config.schedule.finetune,
+                           seed=config.seed + 2,
+                           regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
+                           lr=finetune_lr(config, params), epochs=finetune_epochs,
+                           desc="fine-tune", progress=progress)
             finetune_seconds = result.seconds
     except Diverged as err:
         raise TrialFailed(str(err)) from None
     ranks = {name: int(layer.rank) for name, layer in svd.svd_layers(model).items()}
     compact, plan = deployable(model, data, config)
-    metrics = measured(compact, data, config)
+    try:
+        metrics = measured(compact, data, config)
+    except MetricFailed as err:
+        raise TrialFailed(str(err)) from None
     svd_train_s = 0.0 if svd_meta["svd_cached"] else svd_meta["svd_train_time_s"]
     metrics.update(
         flops_reduction=ref_metrics["flops"] / metrics["flops"],

@@ -71,9 +71,9 @@ def test_corrupt_cache_is_retrained(tiny_space, tmp_path, monkeypatch):
     weights = next((tmp_path / "run" / "cache" / "reference").glob("*/model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # a truncated copy
     fits = []
-    real_fit = pipeline.fit
-    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: fits.append(k["desc"]) or
-                        real_fit(*a, **k))
+    real_run = pipeline.run_phase
+    monkeypatch.setattr(pipeline, "run_phase", lambda model, phase, loop: fits.append(
+        phase.desc) or real_run(model, phase, loop))
     pipeline.reference(config, run, progress=False)
     assert fits == ["reference"]
     fits.clear()

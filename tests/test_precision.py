@@ -46,10 +46,9 @@ def test_training_runs_in_bf16_and_regularisers_in_fp32() -> None:
 
     logits_dtypes = []
     model.fc.register_forward_hook(lambda _m, _i, out: logits_dtypes.append(out.dtype))
-    train.fit(model, data, Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=32,
-                                    max_batches=2),
-              seed=0, regulariser=regulariser, precision="auto", channels_last=True,
-              progress=False)
+    schedule = Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=32, max_batches=2)
+    train.fit(model, train.Phase("svd", data, schedule, seed=0, regulariser=regulariser,
+                                 precision="auto", channels_last=True, progress=False))
     assert logits_dtypes[0] == torch.bfloat16
     assert seen == {"autocast": False, "dtype": torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters())

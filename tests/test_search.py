@@ -29,9 +29,9 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def test_four_trial_study(tiny_space, tmp_path, monkeypatch, capsys):
     fits = []
-    real_fit = pipeline.fit
-    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: fits.append(k["desc"]) or
-                        real_fit(*a, **k))
+    real_run = pipeline.run_phase
+    monkeypatch.setattr(pipeline, "run_phase", lambda model, phase, loop: fits.append(
+        phase.desc) or real_run(model, phase, loop))
     run = tmp_path / "run"
     space = tiny_space(space={"energy_trials_per_model": 2})
     cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])

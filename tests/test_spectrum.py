@@ -46,13 +46,13 @@ def test_a_searched_rate_scales_fine_tuning_too(tiny_space, monkeypatch, tmp_pat
     config = cfg.load(tiny_space(space=None, params={
         "scheme": "channel", "decay": "hoyer", "lambda_s": 1e-3, "energy": 0.3, "lr": 2e-3}))
     rates = {}
-    real_fit = pipeline.fit
+    real_run = pipeline.run_phase
 
-    def recording_fit(*args, **kwargs):
-        rates[kwargs["desc"]] = kwargs.get("lr")
-        return real_fit(*args, **kwargs)
+    def recording_run(model, phase, loop):
+        rates[phase.desc] = phase.lr
+        return real_run(model, phase, loop)
 
-    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    monkeypatch.setattr(pipeline, "run_phase", recording_run)
     pipeline.run_trial(config, config.params, RunDir(tmp_path / "run").create(), progress=False)
     # The tiny schedule: SVD training at 1e-3 and fine-tuning at 5e-4; the searched 2e-3
     # doubles both.

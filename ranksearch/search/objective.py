@@ -13,6 +13,7 @@ from .. import config as cfg
 from .. import fidelity, objectives, svd
 from ..pipeline import TrialFailed, build_model, dataset, run_trial
 from ..runs import RunDir
+from ..train import MetricFailed
 from .space import energy_params, granularity_units, suggest, training_param_names
 
 __all__ = ["Objective", "TrialOutcome"]
@@ -54,15 +55,16 @@ class Objective:
         try:
             metrics = run_trial(self.config, params, self.run, self.run.trial_dir(trial.number),
                                 progress=self.progress)
-        except TrialFailed as err:
+            if (self.config.space.sweep is not None
+                    and "reuses_training_of" not in trial.user_attrs):
+                sweep_start = time.perf_counter()
+                self._sweep_and_promote(trial, params, metrics)
+                metrics["sweep_time_s"] = time.perf_counter() - sweep_start
+        except (TrialFailed, MetricFailed) as err:  # the sweep's proxy metric may fail too
             return self._failed(trial, str(err))
         except Exception as err:  # a trial that raises is recorded, and the search goes on
             detail = traceback.format_exception_only(type(err), err)[-1].strip()
             return self._failed(trial, f"error: {detail}")
-        if self.config.space.sweep is not None and "reuses_training_of" not in trial.user_attrs:
-            sweep_start = time.perf_counter()
-            self._sweep_and_promote(trial, params, metrics)
-            metrics["sweep_time_s"] = time.perf_counter() - sweep_start
         metrics["framework_time_s"] = max(
             0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"]
             - metrics.get("sweep_time_s", 0.0))
