@@ -33,7 +33,7 @@ import torch
 from ranksearch import models, svd
 from ranksearch.config import Schedule
 from ranksearch.data import load
-from ranksearch.train import cpu_has_bf16, evaluate, fit, resolve_precision
+from ranksearch.train import Phase, cpu_has_bf16, evaluate, fit, resolve_precision
 
 SETTINGS = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),
@@ -57,9 +57,10 @@ def step_times(data, kind: str, steps: int, rounds: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for round_ in range(rounds + 1):
         for name, (precision, channels_last) in SETTINGS.items():
-            result = fit(nets[name], data, schedule, seed=round_, precision=precision,
-                         channels_last=channels_last,
-                         regulariser=_regulariser if kind == "svd" else None, progress=False)
+            phase = Phase("svd" if kind == "svd" else "reference", data, schedule, seed=round_,
+                          precision=precision, channels_last=channels_last,
+                          regulariser=_regulariser if kind == "svd" else None, progress=False)
+            result = fit(nets[name], phase)
             if round_:  # the first round warms up (allocations, kernel choice)
                 times[name].append(result.seconds / steps)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -73,8 +74,8 @@ def parity(data, epochs: int) -> dict[str, float]:
         precision, channels_last = SETTINGS[name]
         torch.manual_seed(0)
         model = models.create("resnet20", num_classes=10, in_channels=1)
-        result = fit(model, data, schedule, seed=0, precision=precision,
-                     channels_last=channels_last, desc=name, progress=False)
+        result = fit(model, Phase("reference", data, schedule, seed=0, precision=precision,
+                                  channels_last=channels_last, desc=name, progress=False))
         accuracy[name] = evaluate(model, data, "test")
         print(f"{name}: test accuracy {accuracy[name]:.4f} after {epochs} epochs "
               f"({result.seconds:.0f} s)", flush=True)

@@ -41,7 +41,7 @@ import yaml
 from ranksearch import config as cfg
 from ranksearch import measure, models, pipeline, svd
 from ranksearch.runs import RunDir
-from ranksearch.train import fit
+from ranksearch.train import Phase, fit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -104,9 +104,10 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
     elif variant == "truncated-svd":  # the SVD-training steps go to fine-tuning too
         phases.insert(0, config.schedule.svd.model_copy(update={"lr": config.schedule.finetune.lr}))
     for i, schedule in enumerate(phases):
-        fit(model, data, schedule, seed=config.seed + 2 + i, precision=config.precision,
-            channels_last=config.channels_last, progress=False,
-            regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m))
+        fit(model, Phase("finetune", data, schedule, seed=config.seed + 2 + i,
+                         precision=config.precision, channels_last=config.channels_last,
+                         progress=False,
+                         regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m)))
     compact, _ = pipeline.deployable(model, data, config)
     after = pipeline.measured(compact, data, config)
     return {

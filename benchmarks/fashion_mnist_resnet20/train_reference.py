@@ -31,7 +31,7 @@ from ranksearch import models
 from ranksearch.config import Schedule
 from ranksearch.data import load
 from ranksearch.runs import save_state
-from ranksearch.train import evaluate, fit, resolve_precision
+from ranksearch.train import Phase, evaluate, fit, resolve_precision
 
 HERE = Path(__file__).resolve().parent
 VAL_FRACTION = 0.05  # as in search_spaces/fashion_mnist_resnet20.yaml
@@ -50,8 +50,8 @@ def main() -> None:
                         weight_decay=5e-4, batch_size=128, lr_schedule="cosine")
     torch.manual_seed(args.seed)
     model = models.create("resnet20", num_classes=10, in_channels=1)
-    result = fit(model, data, schedule, seed=args.seed, precision=args.precision,
-                 channels_last=True, desc="reference")
+    result = fit(model, Phase("reference", data, schedule, seed=args.seed,
+                              precision=args.precision, channels_last=True))
     metrics = {"val_accuracy": evaluate(model, data, "val"),
                "test_accuracy": evaluate(model, data, "test")}
     weights = args.out / "resnet20-fashion-mnist.safetensors"
