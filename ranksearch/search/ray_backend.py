@@ -170,6 +170,9 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
     searcher asked for, and reports its objective values."""
     metric_names = objectives.names(config)
     beats = heartbeat_folder(url)
+    # Ray starts each trial in a folder of its own, but relative paths in the config (data.dir,
+    # user code named 'file.py:function') name files from where the search was started.
+    start_dir = os.getcwd()
     # One of each per worker process, reused by its trials. The storage stays open so that a
     # journal is read on from where the last trial left it instead of replayed from the start,
     # and an RDB storage keeps its connection pool.
@@ -180,6 +183,8 @@ def _trainable(config: cfg.StudyConfig, run_path: Path, url: str, *, threads: in
         import torch
 
         nonlocal objective, storage
+        if os.path.isdir(start_dir):  # a host of a cluster may lack it: absolute paths work
+            os.chdir(start_dir)
         if objective is None:
             objective = Objective(config, RunDir(run_path), progress=False)
         if storage is None:
