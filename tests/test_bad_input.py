@@ -64,7 +64,7 @@ def test_malformed_space_fails_fast(path: Path, tmp_path: Path, capsys, monkeypa
     # Training must never start: make any attempt blow up loudly.
     import ranksearch.pipeline
 
-    monkeypatch.setattr(ranksearch.pipeline, "fit", _no_training)
+    monkeypatch.setattr(ranksearch.pipeline, "run_phase", _no_training)
     code, err = run_cli(["search", str(path), "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 2
     lines = err.strip().splitlines()
