@@ -4,6 +4,9 @@ A multi-objective search (Optuna, Ray Tune) over the hyperparameters of SVD trai
 al., CVPR-W 2020), reported as an accuracy-vs-FLOPs Pareto front next to filter-pruning
 baselines. The public API:
 
+- :func:`ranksearch.optimize`, :func:`ranksearch.report_run`, :func:`ranksearch.export_run`:
+  a whole study from Python, with the user's own model, data, training loop and metric
+  (:mod:`ranksearch.api`), as ``ranksearch search``, ``report`` and ``export`` run it
 - :mod:`ranksearch.svd`: decompose, regularise, prune and compact networks (pure PyTorch)
 - :mod:`ranksearch.measure`: FLOPs, parameters, CPU latency
 - :mod:`ranksearch.models`: CIFAR ResNets, torchvision models, user factories
@@ -13,9 +16,15 @@ baselines. The public API:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+# Imported on first use: ``import ranksearch`` stays free of torch and Optuna.
+_EXPORTS = {"optimize": "api", "report_run": "api", "export_run": "export"}
+
+__all__ = ["__version__", "load", *_EXPORTS]
 
 
 def load(export_dir):  # noqa: ANN001, ANN201 - documented in ranksearch.export.load
@@ -23,3 +32,13 @@ def load(export_dir):  # noqa: ANN001, ANN201 - documented in ranksearch.export.
     from .export import load as _load
 
     return _load(export_dir)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

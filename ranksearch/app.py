@@ -33,8 +33,8 @@ from .search.study import (
 )
 
 __all__ = [
-    "run_search", "join_study", "status_text", "run_baselines", "write_report_for_run",
-    "open_run_study", "make_backend",
+    "start_search", "run_search", "join_study", "status_text", "run_baselines",
+    "write_report_for_run", "open_run_study", "make_backend", "check_inputs", "run_dir_of",
 ]
 
 
@@ -51,6 +51,43 @@ def make_backend(name: str = "optuna", *, workers: int = 1, address: str | None 
     from .search.optuna_backend import OptunaBackend
 
     return OptunaBackend(workers)
+
+
+def run_dir_of(config: cfg.StudyConfig, run_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``run_dir``, or by default ``runs/<study name>``."""
+    return Path(run_dir) if run_dir is not None else Path("runs") / config.name
+
+
+def check_inputs(config: cfg.StudyConfig) -> None:
+    """Fail in seconds, before any training, when the dataset, the model, or the user's
+    training loop or metric cannot be had (each with a one-line :class:`UserError`)."""
+    from . import pipeline
+
+    data = pipeline.dataset(config)
+    pipeline.build_model(config, data)
+    pipeline.training_loop(config)
+    pipeline.metric(config)
+
+
+def start_search(
+    config: cfg.StudyConfig, run_dir: str | os.PathLike[str] | None = None, *,
+    source: str = "the config", backend: str = "optuna", workers: int = 1,
+    address: str | None = None, progress: bool = True, gpus_per_trial: float | None = None,
+    cpus_per_trial: float = 1.0,
+) -> RunDir:
+    """``ranksearch search``: check the inputs of ``config``, write it into its run
+    directory (:func:`run_dir_of`) and start or resume its study there
+    (:func:`run_search`); return the run directory. ``source`` names the config in errors.
+    """
+    if config.space is None:
+        raise cfg.ConfigError(f"{source}: a search needs a 'space' section (this is a "
+                              "one-trial config; run it with 'ranksearch train')")
+    run = RunDir(run_dir_of(config, run_dir)).create()
+    check_inputs(config)
+    atomic_write_text(run.config_path, cfg.dump(config))
+    run_search(config, run, backend=backend, workers=workers, address=address,
+               progress=progress, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+    return run
 
 
 def run_search(
@@ -104,7 +141,7 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
             raise RunDirError(f"{target}: no such run directory, and not a storage URL")
         url = target
         config = study_config(load_study(open_storage(url)))
-        run = RunDir(run_dir or Path("runs") / config.name).create()
+        run = RunDir(run_dir_of(config, run_dir)).create()
         if not run.config_path.is_file():
             atomic_write_text(run.config_path, cfg.dump(config))
     run_worker(config, run, url, worker=worker, progress=progress)
@@ -124,16 +161,17 @@ def status_text(run_dir: str | Path) -> str:
         f"trials: {c['COMPLETE']} complete of {target}, {c['RUNNING']} running, "
         f"{c['FAIL']} failed, {c['WAITING']} queued",
     ]
+    metric = config.metric.name
     ref = study.user_attrs.get("reference")
     if ref:
-        lines.append(f"reference: accuracy {ref['accuracy']:.4f}, FLOPs {ref['flops']:,}")
+        lines.append(f"reference: {metric} {ref['accuracy']:.4f}, FLOPs {ref['flops']:,}")
     baselines = run.baseline_results()
     if config.baselines is not None:
         wanted = len(config.baselines.methods) * len(config.baselines.targets)
         lines.append(f"baselines: {len(baselines)} of {wanted} done")
     front = pareto_front(trials_frame(study, run.path))
     if len(front):
-        lines.append("Pareto front (val accuracy, FLOPs, reduction):")
+        lines.append(f"Pareto front (val {metric}, FLOPs, reduction):")
         for row in front.itertuples():
             lines.append(f"  trial {int(row.number):>4}  {row.accuracy:.4f}  {int(row.flops):>12,}"
                          f"  {row.flops_reduction:.2f}x")
@@ -153,5 +191,6 @@ def write_report_for_run(run_dir: str | Path, out_dir: str | Path | None = None)
 
     run, config, study = open_run_study(run_dir)
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
-    write_report(study, run.path, out, model=config.model.name, dataset=config.data.name)
+    write_report(study, run.path, out, model=config.model.name, dataset=config.data.name,
+                 metric=config.metric.name)
     return out

@@ -21,46 +21,19 @@ class CLIError(UserError):
     """A user error found by the command line itself."""
 
 
-# --- helpers -------------------------------------------------------------------------------
-def _load_search_config(path: str):
-    from . import config as cfg
-
-    config = cfg.load(path)
-    if config.space is None:
-        raise CLIError(f"{path}: a search needs a 'space' section (this is a one-trial config; "
-                       "run it with 'ranksearch train')")
-    return config
-
-
-def _check_data(config) -> None:
-    """Fail in seconds, before any training, when the dataset or model cannot be had."""
-    from . import pipeline
-
-    data = pipeline.dataset(config)
-    pipeline.build_model(config, data)
-
-
-def _run_dir_for(args, config) -> Path:
-    return Path(args.run_dir) if args.run_dir else Path("runs") / config.name
-
-
 # --- commands ------------------------------------------------------------------------------
 def cmd_search(args) -> None:
     from . import config as cfg
-    from .app import run_search
-    from .runs import RunDir, atomic_write_text
+    from .app import start_search
 
-    config = _load_search_config(args.space)
+    config = cfg.load(args.space)
     if args.trials is not None:
         config = config.model_copy(update={"trials": args.trials})
     if args.storage:
         config = config.model_copy(update={"storage": args.storage})
-    run = RunDir(_run_dir_for(args, config)).create()
-    _check_data(config)
-    atomic_write_text(run.config_path, cfg.dump(config))
-    run_search(config, run, backend=args.backend, workers=args.workers, address=args.address,
-               progress=not args.quiet, gpus_per_trial=args.gpus_per_trial,
-               cpus_per_trial=args.cpus_per_trial)
+    run = start_search(config, args.run_dir, source=args.space, backend=args.backend,
+                       workers=args.workers, address=args.address, progress=not args.quiet,
+                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
     print(f"study done: {run.path}  (next: ranksearch report {run.path})")
 
 
@@ -80,17 +53,19 @@ def cmd_status(args) -> None:
 def cmd_train(args) -> None:
     from . import config as cfg
     from . import pipeline
+    from .app import check_inputs, run_dir_of
     from .runs import RunDir
 
     config = cfg.load(args.config)
     if config.params is None:
         raise CLIError(f"{args.config}: 'ranksearch train' needs a 'params' section (one trial); "
                        "a search space runs with 'ranksearch search'")
-    run = RunDir(_run_dir_for(args, config)).create()
-    _check_data(config)
+    run = RunDir(run_dir_of(config, args.run_dir)).create()
+    check_inputs(config)
     out = Path(args.out) if args.out else run.path / "train"
     metrics = pipeline.run_trial(config, config.params, run, out, progress=not args.quiet)
-    print(f"accuracy {metrics['accuracy']:.4f} (test {metrics['test_accuracy']:.4f})  "
+    print(f"{config.metric.name} {metrics['accuracy']:.4f} "
+          f"(test {metrics['test_accuracy']:.4f})  "
           f"FLOPs {metrics['flops']:,} ({metrics['flops_reduction']:.2f}x fewer)  "
           f"params {metrics['params']:,}")
     print(f"ranks {metrics['ranks']}")

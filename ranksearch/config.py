@@ -316,21 +316,16 @@ class LatencySpec(_Strict):
 
 
 class MetricSpec(_Strict):
-    """The quality objective: top-1 accuracy, or the user's own metric (higher is better).
-
-    Either is measured on the validation split (the objective), the test split, the sweep's
-    proxy subset and every baseline, and kept under the objective and columns named
-    ``accuracy`` (``test_accuracy``, ``constraints.min_accuracy``). It is read as accuracy
-    is: a fraction, shown in percent, with 0 as the worst value of the hypervolume; a metric
-    in [0, 1] (mIoU, F1, mAP) reads best."""
+    """The quality objective: top-1 accuracy, or the user's own metric (higher is better),
+    kept as ``accuracy`` (columns, objective, ``min_accuracy``) and read as accuracy is: a
+    fraction shown in percent, 0 the worst (hypervolume); best in [0, 1] (mIoU, F1)."""
 
     name: str = Field("accuracy", min_length=1)
     """How the report, the status and the logs name the metric (e.g. ``mIoU``)."""
     evaluate: str | None = None
     """``"module:function"`` / ``"file.py:function"`` called as ``evaluate(model, batches)``
-    with the model in eval mode under ``torch.no_grad()`` and an iterable of one split's
-    ``(x, y)`` batches in a fixed order, returning a finite float (anything else fails the
-    trial); default: top-1 accuracy."""
+    (eval mode, no grad) with an iterable of one split's ``(x, y)`` batches in a fixed order,
+    returning a finite float, else the trial fails; default: top-1 accuracy."""
 
 
 class StudyConfig(_Strict):
@@ -349,9 +344,8 @@ class StudyConfig(_Strict):
     train_loop: str | None = None
     """``"module:function"`` / ``"file.py:function"``: the user's training loop, called as
     ``train_loop(model, phase)`` for every phase (reference, SVD training, fine-tuning,
-    baselines) in place of ranksearch's, to train ``model`` in place over ``phase.batches()``
-    adding ``phase.regulariser(model)`` to its loss (``ranksearch.train.Phase``); weights
-    left non-finite fail the trial. Default: ranksearch's cross-entropy loop."""
+    baselines) in place of ranksearch's (``ranksearch.train.Phase``); weights it leaves
+    non-finite fail the trial. Default: ranksearch's cross-entropy loop."""
     metric: MetricSpec = Field(default_factory=lambda: MetricSpec())
     measure_latency: bool = False
     latency: LatencySpec = Field(default_factory=lambda: LatencySpec())

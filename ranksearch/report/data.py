@@ -33,6 +33,7 @@ from ranksearch.report.pareto import (
     reference_flops,
     trials_frame,
 )
+from ranksearch.report.text import DEFAULT_METRIC
 
 __all__ = [
     "ReportData", "ParetoChart", "Series", "report_data", "HYPERVOLUME_REFERENCE",
@@ -254,10 +255,12 @@ def _accuracy_range(chart: ParetoChart, quoted_points: pd.DataFrame) -> list[flo
 @dataclass(frozen=True)
 class ReportData:
     """Everything the report shows. ``trials`` is :func:`~.pareto.trials_frame`; ``front``
-    its SVD front; ``excluded`` the SVD trials that may not stand on it, with a ``reason``."""
+    its SVD front; ``excluded`` the SVD trials that may not stand on it, with a ``reason``;
+    ``metric`` the name of the study's quality metric (the ``accuracy`` columns hold it)."""
 
     title: str
     subtitle: str
+    metric: str
     trials: pd.DataFrame
     front: pd.DataFrame
     chart: ParetoChart
@@ -288,14 +291,18 @@ def report_data(
     title: str | None = None,
     model: str | None = None,
     dataset: str | None = None,
+    metric: str | None = None,
     max_dominated: int = MAX_DOMINATED_POINTS,
 ) -> ReportData:
     """The report of ``study``, with the baselines of ``run_dir`` (none when None); see
     :func:`ranksearch.report.write_report` for the arguments."""
     df = trials_frame(study, run_dir)
-    if model is None or dataset is None:
-        found_model, found_dataset = _model_and_dataset(study, run_dir)
-        model, dataset = model or found_model, dataset or found_dataset
+    if model is None or dataset is None or metric is None:
+        config = _study_config(study, run_dir)
+        if config is not None:
+            model = model or config.model.name
+            dataset = dataset or config.data.name
+            metric = metric or config.metric.name
     title = title or (
         f"{model} on {dataset}: SVD training Pareto report"
         if model and dataset
@@ -308,6 +315,7 @@ def report_data(
     return ReportData(
         title=title,
         subtitle=f"study {study.study_name}" + (f" · {model} · {dataset}" if model else ""),
+        metric=metric or DEFAULT_METRIC,
         trials=df,
         front=front,
         chart=pareto_chart(df, front, quoted_points, max_dominated),
@@ -326,21 +334,20 @@ def report_data(
     )
 
 
-def _model_and_dataset(study: optuna.Study, run_dir: Path | None) -> tuple[str | None, str | None]:
-    """Model and dataset names of the study, for matching literature points: from the run's
-    ``config.yaml``, else the config the search keeps in the study's ``config`` user attr.
-    (None, None) when neither is there or valid: the report then quotes nothing."""
+def _study_config(study: optuna.Study, run_dir: Path | None) -> cfg.StudyConfig | None:
+    """The study's config, for its model and dataset names (matching literature points) and
+    its metric's name: the run's ``config.yaml``, else the config the search keeps in the
+    study's ``config`` user attr. None when neither is there or valid: the report then quotes
+    nothing and names the metric accuracy."""
     config_path = Path(run_dir) / "config.yaml" if run_dir is not None else None
     try:
         if config_path is not None and config_path.is_file():
-            config = cfg.load(config_path)
-        elif isinstance(study.user_attrs.get("config"), str):
-            config = cfg.loads(study.user_attrs["config"], "the study's config")
-        else:
-            return None, None
+            return cfg.load(config_path)
+        if isinstance(study.user_attrs.get("config"), str):
+            return cfg.loads(study.user_attrs["config"], "the study's config")
     except cfg.ConfigError:
-        return None, None
-    return config.model.name, config.data.name
+        pass
+    return None
 
 
 def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,14 @@ from ranksearch.report.data import (
     Series,
 )
 from ranksearch.report.pareto import kind_label
-from ranksearch.report.text import HYPERVOLUME_TEXT, mflops, pct, times
+from ranksearch.report.text import (
+    hypervolume_text,
+    metric_label,
+    metric_title,
+    mflops,
+    pct,
+    times,
+)
 
 __all__ = ["Figure", "figures"]
 
@@ -33,24 +40,25 @@ _QUOTED_SYMBOLS = ("diamond-open", "square-open", "triangle-up-open", "cross-ope
 def figures(data: ReportData) -> list[Figure]:
     """Every figure of the page, in order; those without data are left out."""
     param_columns = [c for c in data.trials.columns if c.startswith("param_")]
+    metric = data.metric
     found: list[Figure] = [
         (
             "fig-pareto",
-            "Accuracy against FLOPs",
+            f"{metric_title(metric)} against FLOPs",
             escape(data.chart.note())
             + " Hover a point for its trial number, parameters and per-layer ranks; the "
-            "dotted line is the dense reference's accuracy.",
-            pareto_figure(data.chart, "flops", "FLOPs (M)", param_columns),
+            f"dotted line is the dense reference's {escape(metric)}.",
+            pareto_figure(data.chart, "flops", "FLOPs (M)", param_columns, metric),
         )
     ]
     if data.has_latency:
         found.append(
             (
                 "fig-latency",
-                "Accuracy against measured CPU latency",
+                f"{metric_title(metric)} against measured CPU latency",
                 "Latency of the compact model, measured on the CPU; only points with a "
                 "measurement are drawn. The front drawn is the FLOPs front.",
-                pareto_figure(data.chart, "latency_ms", "latency (ms)", param_columns),
+                pareto_figure(data.chart, "latency_ms", "latency (ms)", param_columns, metric),
             )
         )
     if len(data.history):
@@ -58,7 +66,7 @@ def figures(data: ReportData) -> list[Figure]:
             (
                 "fig-hypervolume",
                 "Hypervolume over trials",
-                escape(f"Hypervolume {HYPERVOLUME_TEXT}."),
+                escape(f"Hypervolume {hypervolume_text(metric)}."),
                 _hypervolume_figure(data.history),
             )
         )
@@ -72,7 +80,7 @@ def figures(data: ReportData) -> list[Figure]:
                 _importance_figure(data.importances),
             )
         )
-    ranks = _ranks_figure(data.front)
+    ranks = _ranks_figure(data.front, metric)
     if ranks is not None:
         found.append(
             (
@@ -110,9 +118,10 @@ def _ranks_text(ranks: Any) -> str:
     return "ranks (layer order): " + "<br>".join(lines)
 
 
-def _hover_texts(series: Series, param_columns: list[str]) -> list[str]:
-    """Hover text per row: what identifies the point, its metrics, and for SVD trials their
-    parameters and per-layer ranks; for quoted points, the published result and its source."""
+def _hover_texts(series: Series, param_columns: list[str], metric: str) -> list[str]:
+    """Hover text per row: what identifies the point, its metrics (the quality named
+    ``metric``), and for SVD trials their parameters and per-layer ranks; for quoted points,
+    the published result and its source."""
     if series.role == "quoted":
         return [
             f"<b>quoted: {escape(str(r.model))} {escape(str(r.method))}</b><br>"
@@ -135,7 +144,8 @@ def _hover_texts(series: Series, param_columns: list[str]) -> list[str]:
             head = f"<b>{escape(kind_label(kind))}{target_text}</b>"
         lines = [
             head,
-            f"accuracy {pct(record['accuracy'])} (test {pct(record['test_accuracy'])})",
+            f"{escape(metric)} {pct(record['accuracy'])} "
+            f"(test {pct(record['test_accuracy'])})",
             f"{mflops(record['flops'])}, reduction {times(record['flops_reduction'])}",
         ]
         if math.isfinite(record["latency_ms"]):
@@ -172,9 +182,11 @@ def _marker(series: Series) -> dict[str, Any]:
 
 
 def pareto_figure(
-    chart: ParetoChart, x: Axis, x_title: str, param_columns: list[str]
+    chart: ParetoChart, x: Axis, x_title: str, param_columns: list[str],
+    metric: str = "accuracy",
 ) -> go.Figure:
-    """Accuracy against ``x`` (``flops`` in millions, or ``latency_ms``) for every point."""
+    """The quality (``metric``) against ``x`` (``flops`` in millions, or ``latency_ms``) for
+    every point."""
     scale = 1e-6 if x == "flops" else 1.0
     fig = go.Figure()
     for series in chart.series(x):
@@ -186,7 +198,7 @@ def pareto_figure(
             "mode": "markers",
             "name": series.label,
             "uid": f"{series.key}-{x}",
-            "text": _hover_texts(series, param_columns),
+            "text": _hover_texts(series, param_columns, metric),
             "hovertemplate": _HOVER,
             "marker": _marker(series),
         }
@@ -206,7 +218,7 @@ def pareto_figure(
                           line_color="#888888", line_width=1)
     fig.update_layout(
         xaxis_title=x_title,
-        yaxis_title="top-1 accuracy (%)",
+        yaxis_title=f"{metric_label(metric)} (%)",
         height=620,
         legend={"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0},
         hovermode="closest",
@@ -265,7 +277,7 @@ def _importance_figure(importances: dict[str, dict[str, float]]) -> go.Figure:
     return fig
 
 
-def _ranks_figure(front: pd.DataFrame) -> go.Figure | None:
+def _ranks_figure(front: pd.DataFrame, metric: str) -> go.Figure | None:
     """Heatmap of the kept rank per layer (columns) for each front point (rows, by FLOPs)."""
     ranks = [json.loads(r) if isinstance(r, str) and r else {} for r in front["ranks"]]
     layers: dict[str, None] = {}
@@ -292,6 +304,6 @@ def _ranks_figure(front: pd.DataFrame) -> go.Figure | None:
     fig.update_layout(
         height=min(1400, max(320, 160 + 22 * len(rows))),
         xaxis={"title": "layer", "tickangle": -60, "automargin": True},
-        yaxis={"title": "front point (trial · FLOPs · accuracy)", "automargin": True},
+        yaxis={"title": f"front point (trial · FLOPs · {metric})", "automargin": True},
     )
     return fig

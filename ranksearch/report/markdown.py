@@ -20,7 +20,7 @@ def _latency_section(data: ReportData) -> list[str]:
     if not len(table):
         return []
     return [
-        "## Largest measured CPU speedup within a given drop of the reference accuracy",
+        f"## Largest measured CPU speedup within a given drop of the reference {data.metric}",
         "",
         _table(text.reduction_header(table), text.reduction_rows(table)),
         "",
@@ -60,10 +60,11 @@ def _spectrum_section(data: ReportData) -> list[str]:
 def summary(data: ReportData) -> str:
     """The text of ``summary.md``."""
     df = data.trials
+    metric = data.metric
     reference = df[df["kind"] == "reference"]
     ref_line = (
-        f"- Dense reference: validation accuracy {text.pct(reference['accuracy'].iloc[0])}, "
-        f"test accuracy {text.pct(reference['test_accuracy'].iloc[0])}, "
+        f"- Dense reference: validation {metric} {text.pct(reference['accuracy'].iloc[0])}, "
+        f"test {metric} {text.pct(reference['test_accuracy'].iloc[0])}, "
         f"{text.mflops(reference['flops'].iloc[0])}, "
         f"{reference['params'].iloc[0]:,.0f} parameters."
         if len(reference)
@@ -87,27 +88,27 @@ def summary(data: ReportData) -> str:
         + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")
         + ".",
         "",
-        "## Largest FLOPs reduction within a given drop of the reference accuracy",
+        f"## Largest FLOPs reduction within a given drop of the reference {metric}",
         "",
         _table(text.reduction_header(reduction), text.reduction_rows(reduction))
         if len(reduction)
         else "No points.",
         "",
         "FLOPs reduction = reference FLOPs / point FLOPs; drops in percentage points of "
-        "validation accuracy; — where no point qualifies.",
+        f"validation {metric}; — where no point qualifies.",
         "",
         *_latency_section(data),
         *_spectrum_section(data),
         "## Hypervolume",
         "",
         f"{data.hypervolume:.4f} after {len(data.history)} complete full-budget SVD trials, "
-        f"{text.HYPERVOLUME_TEXT}.",
+        f"{text.hypervolume_text(metric)}.",
         "",
         "## Conventions",
         "",
         f"- {FLOPS_CONVENTION}.",
-        "- Accuracy: top-1 on the held-out validation split (the search objective); test "
-        "accuracy is in trials.csv.",
+        f"- {text.metric_title(metric)}: {text.metric_note(metric)}; test {metric} is in "
+        "trials.csv.",
         f"- Baselines: {text.BASELINE_BUDGET_RULE}.",
         "- The front holds only complete trials trained on the full budget.",
         "",

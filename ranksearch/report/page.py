@@ -24,7 +24,10 @@ from ranksearch.report.data import ReportData
 from ranksearch.report.figures import figures
 from ranksearch.report.text import (
     BASELINE_BUDGET_RULE,
-    HYPERVOLUME_TEXT,
+    DEFAULT_METRIC,
+    hypervolume_text,
+    metric_note,
+    metric_title,
     mflops,
     pct,
     reduction_header,
@@ -54,9 +57,10 @@ def page(data: ReportData) -> str:
             f'<p class="note">{note}</p></section>'
         )
         if i == 0:
-            sections.append(_reduction_section(data.reduction))
+            sections.append(_reduction_section(data.reduction, data.metric))
             if len(data.latency_reduction):
-                sections.append(_reduction_section(data.latency_reduction, "latency"))
+                sections.append(_reduction_section(data.latency_reduction, data.metric,
+                                                   "latency"))
     excluded = data.excluded
     literature_note = (
         "published results for the same model and dataset, placed at this reference's FLOPs "
@@ -84,11 +88,14 @@ def page(data: ReportData) -> str:
             if len(excluded) > MAX_TABLE_ROWS
             else ""
         ),
-        excluded_table=_excluded_table(excluded),
+        excluded_table=_excluded_table(excluded, data.metric),
+        metric=escape(data.metric),
+        metric_title=escape(metric_title(data.metric)),
+        metric_note=escape(metric_note(data.metric)),
         flops_convention=escape(FLOPS_CONVENTION),
         baseline_rule=escape(BASELINE_BUDGET_RULE),
         literature_note=escape(literature_note),
-        hypervolume_text=escape(HYPERVOLUME_TEXT),
+        hypervolume_text=escape(hypervolume_text(data.metric)),
     )
 
 
@@ -117,6 +124,7 @@ def _cards(data: ReportData) -> str:
     reduction, counts = data.reduction, data.state_counts
     svd_row = reduction[reduction["kind"] == "svd"] if "kind" in reduction else reduction
     best_1pt = float(svd_row["within_1"].iloc[0]) if len(svd_row) else math.nan
+    short = "acc" if data.metric == DEFAULT_METRIC else data.metric
     return "".join(
         [
             _card("dense reference", pct(data.reference_accuracy), mflops(data.reference_flops)),
@@ -127,7 +135,8 @@ def _cards(data: ReportData) -> str:
             ),
             _card("Pareto front", f"{len(data.front):,} points", "complete, full budget"),
             _card("best within 1 pt", times(best_1pt), "FLOPs reduction, SVD training"),
-            _card("hypervolume", f"{data.hypervolume:.4f}", "reference point (acc 0, FLOPs 1.0×)"),
+            _card("hypervolume", f"{data.hypervolume:.4f}", f"reference point ({short} 0, "
+                  "FLOPs 1.0×)"),
         ]
     )
 
@@ -143,27 +152,27 @@ def _html_table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     )
 
 
-def _reduction_section(reduction: pd.DataFrame, axis: str = "flops") -> str:
+def _reduction_section(reduction: pd.DataFrame, metric: str, axis: str = "flops") -> str:
     what, ratio = (("FLOPs reduction", "reference FLOPs / point FLOPs") if axis == "flops" else
                    ("measured CPU speedup", "reference latency / point latency, measured on "
                     "the deployed models"))
     return (
-        f"<section><h2>Largest {what} within a given accuracy drop</h2>"
+        f"<section><h2>Largest {what} within a given {escape(metric)} drop</h2>"
         + _html_table(reduction_header(reduction), reduction_rows(reduction),
                       f"reduction-table-{axis}" if axis != "flops" else "reduction-table")
         + f'<p class="note">{what[0].upper() + what[1:]} = {ratio}, best over '
-        "the complete full-budget points whose validation accuracy is at most the "
+        f"the complete full-budget points whose validation {escape(metric)} is at most the "
         "given number of percentage points below the dense reference; — where none "
         "qualifies.</p></section>"
     )
 
 
-def _excluded_table(excluded: pd.DataFrame) -> str:
+def _excluded_table(excluded: pd.DataFrame, metric: str) -> str:
     if not len(excluded):
         return "<p>None: every finished trial was trained on the full budget.</p>"
     rows = [
         [f"#{int(r.number)}", str(r.state), r.reason, pct(r.accuracy), mflops(r.flops)]
         for r in excluded.head(MAX_TABLE_ROWS).itertuples()
     ]
-    table = _html_table(["trial", "state", "reason", "accuracy", "FLOPs"], rows, "excluded-table")
+    table = _html_table(["trial", "state", "reason", metric, "FLOPs"], rows, "excluded-table")
     return f'<div class="scroll">{table}</div>'

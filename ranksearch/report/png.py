@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ranksearch.conventions import FLOPS_CONVENTION
 from ranksearch.report.data import ParetoChart, Series
+from ranksearch.report.text import DEFAULT_METRIC, metric_label
 
 __all__ = ["png"]
 
@@ -44,8 +45,9 @@ def _draw(ax: Any, series: Series) -> None:
                    **style)
 
 
-def png(chart: ParetoChart, title: str) -> bytes:
-    """The front, the cloud of trials, baselines, quoted points and the reference, as PNG.
+def png(chart: ParetoChart, title: str, metric: str = DEFAULT_METRIC) -> bytes:
+    """The front, the cloud of trials, baselines, quoted points and the reference, as PNG,
+    the quality axis named after ``metric``.
 
     Uses the object-oriented Agg canvas rather than pyplot, so no global backend is touched.
     """
@@ -57,7 +59,7 @@ def png(chart: ParetoChart, title: str) -> bytes:
     if chart.accuracy_range is not None:
         ax.set_ylim(*chart.accuracy_range)
     ax.set_xlabel("FLOPs (M)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(f"{metric_label(metric)} (%)")
     ax.set_title(title, fontsize=11)
     ax.grid(True, color="#e5e5e5", linewidth=0.7)
     ax.set_axisbelow(True)

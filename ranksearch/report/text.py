@@ -7,9 +7,12 @@ import math
 import pandas as pd
 
 __all__ = [
-    "BASELINE_BUDGET_RULE", "HYPERVOLUME_TEXT", "pct", "mflops", "times", "reduction_header",
-    "reduction_rows",
+    "BASELINE_BUDGET_RULE", "DEFAULT_METRIC", "hypervolume_text", "metric_label",
+    "metric_note", "metric_title", "pct", "mflops", "times", "reduction_header", "reduction_rows",
 ]
+
+#: The name of the default metric, top-1 accuracy (``config.MetricSpec.name``).
+DEFAULT_METRIC = "accuracy"
 
 #: How baselines are trained, stated in the report so that the comparison can be judged.
 BASELINE_BUDGET_RULE = (
@@ -17,11 +20,37 @@ BASELINE_BUDGET_RULE = (
     "SVD-training plus fine-tuning, from the same reference"
 )
 
-HYPERVOLUME_TEXT = (
-    "in the normalised space (top-1 accuracy as a fraction, FLOPs / reference FLOPs) with "
-    "reference point (accuracy 0, FLOPs ratio 1.0 = the dense model): the mean, over FLOPs "
-    "budgets up to the dense model's, of the best accuracy found within that budget"
-)
+
+
+def metric_label(metric: str) -> str:
+    """How axes and tables name the study's metric: ``top-1 accuracy`` by default, else the
+    user's name for it (``mIoU``)."""
+    return "top-1 accuracy" if metric == DEFAULT_METRIC else metric
+
+
+def metric_title(metric: str) -> str:
+    """The metric at the start of a heading: ``Accuracy`` by default, else the user's name
+    as written (``mIoU``, not ``MIoU``)."""
+    return "Accuracy" if metric == DEFAULT_METRIC else metric
+
+
+def metric_note(metric: str) -> str:
+    """What the study's quality is, in words, after its :func:`metric_title`."""
+    if metric == DEFAULT_METRIC:
+        return "top-1 on the held-out validation split (the search objective)"
+    return ("the study's own metric, higher is better, on the held-out validation split (the "
+            "search objective), in percent (the columns accuracy and test_accuracy of "
+            "trials.csv hold it as a fraction)")
+
+
+def hypervolume_text(metric: str = DEFAULT_METRIC) -> str:
+    """How the hypervolume is computed, in words."""
+    return (
+        f"in the normalised space ({metric_label(metric)} as a fraction, FLOPs / reference "
+        f"FLOPs) with reference point ({metric} 0, FLOPs ratio 1.0 = the dense model): the "
+        f"mean, over FLOPs budgets up to the dense model's, of the best {metric} found within "
+        "that budget"
+    )
 
 
 def _finite(value: float | None) -> bool:
@@ -29,7 +58,7 @@ def _finite(value: float | None) -> bool:
 
 
 def pct(value: float | None, digits: int = 2) -> str:
-    """An accuracy fraction as a percentage; — when missing."""
+    """A fraction (accuracy, or the user's metric) as a percentage; — when missing."""
     return f"{100 * value:.{digits}f} %" if _finite(value) else "—"
 
 

@@ -23,6 +23,7 @@ def write_report(
     title: str | None = None,
     model: str | None = None,
     dataset: str | None = None,
+    metric: str | None = None,
     max_dominated: int = MAX_DOMINATED_POINTS,
 ) -> Path:
     """Write the Pareto report of ``study`` into ``out_dir`` and return ``out_dir/index.html``.
@@ -30,19 +31,20 @@ def write_report(
     Files: ``index.html`` (self-contained, offline), ``pareto.png``, ``pareto.csv`` (the SVD
     front), ``trials.csv`` (every point, with its ``kind``) and ``summary.md``; each is
     written atomically. Baselines are read from ``run_dir/baselines`` (none when ``run_dir``
-    is None). ``model`` and ``dataset`` select the quoted literature points; by default they
-    are read from the run's config (``run_dir/config.yaml`` or the study's ``config``
-    attr). At most ``max_dominated`` non-front trials are drawn in ``index.html`` (a fixed
-    random sample; the page says so); ``pareto.png`` and the CSV files hold every trial.
+    is None). ``model`` and ``dataset`` select the quoted literature points, ``metric`` names
+    the quality on axes and tables (``accuracy``: top-1); by default they are read from the
+    run's config (``run_dir/config.yaml`` or the study's ``config`` attr). At most
+    ``max_dominated`` non-front trials are drawn in ``index.html`` (a fixed random sample;
+    the page says so); ``pareto.png`` and the CSV files hold every trial.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_data(study, run_dir, title=title, model=model, dataset=dataset,
-                       max_dominated=max_dominated)
+                       metric=metric, max_dominated=max_dominated)
     atomic_write_text(out_dir / "trials.csv", data.trials.to_csv(index=False))
     atomic_write_text(out_dir / "pareto.csv", data.front.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", summary(data))
-    atomic_write_bytes(out_dir / "pareto.png", png(data.chart, data.title))
+    atomic_write_bytes(out_dir / "pareto.png", png(data.chart, data.title, data.metric))
     index = out_dir / "index.html"
     # The page last: its presence means the report is whole.
     atomic_write_text(index, page(data))

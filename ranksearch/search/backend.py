@@ -40,9 +40,10 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def describe_trial(number: int, metrics: Mapping[str, Any]) -> str:
-    """The line logged for a complete trial."""
-    return (f"trial {number}: accuracy {metrics['accuracy']:.4f}  "
+def describe_trial(number: int, metrics: Mapping[str, Any], metric: str = "accuracy") -> str:
+    """The line logged for a complete trial; ``metric`` names its quality (the study's
+    ``metric.name``)."""
+    return (f"trial {number}: {metric} {metrics['accuracy']:.4f}  "
             f"FLOPs {metrics['flops'] / 1e6:.2f}M ({metrics['flops_reduction']:.2f}x)  "
             f"{metrics['wall_time_s']:.1f}s"
             + ("  [reused SVD training]" if metrics.get("svd_cached") else ""))

@@ -127,7 +127,7 @@ def run_worker(
             continue
         study.tell(trial, outcome.values)
         done += 1
-        log(describe_trial(trial.number, outcome.metrics))
+        log(describe_trial(trial.number, outcome.metrics, config.metric.name))
 
 
 def _die_with_parent() -> None:
@@ -148,15 +148,20 @@ def launch_workers(
     One worker runs in this process. Several run as supervised child processes, so that one
     that dies (a crash in native code, the out-of-memory killer) is restarted while the
     others go on; its running trial is failed and requeued by the heartbeat check. Children
-    get the storage URL through the environment, never the command line, and an equal share
-    of the CPU threads; each also takes its share of the baselines once the trials are done.
+    get the storage URL through the environment, never the command line, an equal share of
+    the CPU threads, and this process's script folder on their import path; each also takes
+    its share of the baselines once the trials are done.
     Ctrl-C or an error here stops every child.
     """
     if workers == 1:
         run_worker(config, run, storage_url, worker=0, progress=progress)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {**os.environ, STORAGE_ENV: storage_url, "OMP_NUM_THREADS": str(threads)}
+    # The children import the user's functions by the names this process gave them: a module
+    # beside the script that started the search (sys.path[0] here) must be importable there.
+    paths = [p for p in (sys.path[0], os.environ.get("PYTHONPATH")) if p]
+    env = {**os.environ, STORAGE_ENV: storage_url, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(paths)}
 
     def start(index: int) -> subprocess.Popen:
         return subprocess.Popen(

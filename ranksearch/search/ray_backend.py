@@ -143,6 +143,7 @@ def run_ray_search(
                 study_name=config.name, storage=storage,
             )
             searcher.failures_in_a_row = failures_in_a_row
+            searcher.quality_name = config.metric.name
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -243,6 +244,8 @@ class _StudySearch(OptunaSearch):
 
     failures_in_a_row = 0
     last_fail_reason: str | None = None
+    quality_name = "accuracy"
+    """How the logged lines name the study's metric."""
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
@@ -271,7 +274,7 @@ class _StudySearch(OptunaSearch):
         frozen = self._storage.get_trial(ot_trial._trial_id)
         if frozen.state == TrialState.COMPLETE:
             self.failures_in_a_row = 0
-            log(describe_trial(frozen.number, frozen.user_attrs["metrics"]))
+            log(describe_trial(frozen.number, frozen.user_attrs["metrics"], self.quality_name))
         elif frozen.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             self.last_fail_reason = frozen.user_attrs.get("fail_reason")
