@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from ranksearch import config as cfg
@@ -361,29 +359,59 @@ def test_the_pipeline_loads_what_the_yaml_names(tiny_space, factories, tmp_path)
     assert model(next(ds.batches("test", 2, train=False))[0]).shape == (2, 3)
 
 
-@pytest.mark.slow
-def test_search_on_an_image_folder_with_two_workers(tiny_space, tmp_path) -> None:
-    """`ranksearch search --workers 2` starts worker processes that load the data again from
-    the config; the image folder and the model factory are found by relative paths."""
-    _image_folder(tmp_path / "images", {"train": 8, "test": 2})
-    (tmp_path / "nets.py").write_text(textwrap.dedent("""
-        from torch import nn
+NETS = """
+from torch import nn
 
-        def tiny(num_classes, in_channels):
-            return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
-    """))
-    space = tiny_space(model={"name": "nets.py:tiny"}, trials=3,
-                       data={"name": "imagefolder", "dir": "images", "image_size": 12,
-                             "workers": 1, "val_fraction": 0.25})
-    subprocess.run([sys.executable, "-m", "ranksearch", "search", str(space), "--workers", "2",
-                    "--run-dir", "run", "--quiet"], cwd=tmp_path, check=True, timeout=600)
+
+def tiny(num_classes, in_channels):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+"""
+
+
+def _user_study(tiny_space, tmp_path: Path, kind: str, trials: int) -> Path:
+    """A tiny space on user data and a user model, both named by paths relative to
+    ``tmp_path`` (where the search runs)."""
+    (tmp_path / "nets.py").write_text(NETS)
+    if kind == "imagefolder":
+        _image_folder(tmp_path / "images", {"train": 8, "test": 2})
+        data = {"name": "imagefolder", "dir": "images", "image_size": 12}
+    else:
+        (tmp_path / "user_data.py").write_text(FACTORIES)
+        data = {"name": "user_data.py:make", "args": {"noise": 0.1}}
+    return tiny_space(model={"name": "nets.py:tiny"}, trials=trials,
+                      data={**data, "workers": 1, "val_fraction": 0.25})
+
+
+def _complete_trials(run: Path) -> int:
     import optuna
 
-    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3, [(t.state, t.user_attrs.get("fail_reason")) for t in study.trials]
-    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert config["data"]["name"] == "imagefolder"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    reasons = [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert not any(reasons), reasons
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["imagefolder", "factory"])
+def test_search_with_two_workers(tiny_space, tmp_path, kind) -> None:
+    """`ranksearch search --workers 2` starts a worker process that loads the data again from
+    the config; data and model are found by relative paths, as in the launcher."""
+    space = _user_study(tiny_space, tmp_path, kind, trials=3)
+    subprocess.run([sys.executable, "-m", "ranksearch", "search", space.name, "--workers", "2",
+                    "--run-dir", "run", "--quiet"], cwd=tmp_path, check=True, timeout=600)
+    assert _complete_trials(tmp_path / "run") == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["imagefolder", "factory"])
+def test_ray_search(tiny_space, tmp_path, kind) -> None:
+    """Ray runs each trial in a folder of its own: relative paths still name the user's
+    files."""
+    space = _user_study(tiny_space, tmp_path, kind, trials=2)
+    subprocess.run([sys.executable, "-m", "ranksearch", "search", space.name, "--backend", "ray",
+                    "--run-dir", "run", "--quiet"], cwd=tmp_path, check=True, timeout=600)
+    assert _complete_trials(tmp_path / "run") == 2
