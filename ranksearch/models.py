@@ -210,24 +210,26 @@ def _contains_compressible(module: nn.Module) -> bool:
 
 
 def _sequential_groups(prefix: str, sequential: nn.Sequential) -> dict[str, str]:
-    """Map each child index of a long Sequential to a group ``prefix[a:b]``.
+    """Map each child name of a long Sequential (its index, unless it was built from an
+    ``OrderedDict``) to a group ``prefix[a:b]``.
 
     Only children holding a Linear or Conv2d are split, so that every group holds layers; the
     ``k`` such children go into ``min(k, MAX_SEQUENTIAL_GROUPS)`` consecutive chunks whose
     sizes differ by at most one (the earlier chunks take the extra child). ``a:b`` is the
     range of child indices the chunk spans in the Sequential.
     """
-    indices = [i for i, child in enumerate(sequential) if _contains_compressible(child)]
-    chunks = min(len(indices), MAX_SEQUENTIAL_GROUPS)
+    children = [(i, name) for i, (name, child) in enumerate(sequential.named_children())
+                if _contains_compressible(child)]
+    chunks = min(len(children), MAX_SEQUENTIAL_GROUPS)
     groups: dict[str, str] = {}
     start = 0
     for chunk in range(chunks):
-        size = len(indices) // chunks + (1 if chunk < len(indices) % chunks else 0)
-        members = indices[start : start + size]
+        size = len(children) // chunks + (1 if chunk < len(children) % chunks else 0)
+        members = children[start : start + size]
         start += size
-        group = f"{prefix}[{members[0]}:{members[-1] + 1}]"
-        for index in members:
-            groups[str(index)] = group
+        group = f"{prefix}[{members[0][0]}:{members[-1][0] + 1}]"
+        for _, name in members:
+            groups[name] = group
     return groups
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -158,3 +159,7 @@ def test_layer_groups_long_sequential_root() -> None:
     }
     short = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
     assert layer_groups(short) == {"0": "0", "3": "3"}
+    # Built from an OrderedDict, as a user's model factory may be: named children.
+    named = nn.Sequential(OrderedDict((f"conv{i}", conv) for i, conv in enumerate(convs)))
+    assert layer_groups(named) == {"conv0": "[0:2]", "conv1": "[0:2]", "conv2": "[2:4]",
+                                   "conv3": "[2:4]", "conv4": "[4:5]", "conv5": "[5:6]"}
