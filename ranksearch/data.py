@@ -214,16 +214,12 @@ def _load_imagefolder(data_dir: str | Path | None, num_workers: int, image_size:
                 f"imagefolder: no {folder}/ folder in {root.absolute()}; set {DIR_FIELD} to a "
                 "folder holding train/<class>/* and test/<class>/* (and optionally val/<class>/*)"
             )
-    if mean is not None and std is not None:
-        if len(mean) != 3 or len(std) != 3:
-            raise DataError(f"imagefolder: data.mean and data.std need 3 values (R, G, B; "
-                            f"images are read as RGB), got {len(mean)} and {len(std)}")
+    stats = None
+    if mean is not None or std is not None:
+        if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+            raise DataError("imagefolder: data.mean and data.std take 3 values each (R, G, B: "
+                            "images are read as RGB), both or neither (then both are computed)")
         stats = (tuple(mean), tuple(std))
-    elif mean is None and std is None:
-        stats = None
-    else:
-        raise DataError("imagefolder: give both data.mean and data.std, or neither (then both "
-                        "are computed)")
     return ImageFolderDataset(
         "imagefolder", root, num_workers=num_workers,
         image_size=image_size or DEFAULT_IMAGE_SIZE, stats=stats, test_folder="test",

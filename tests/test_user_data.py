@@ -133,8 +133,9 @@ def test_imagefolder_errors(tmp_path) -> None:
     assert "no test/ folder in" in _one_line(info) and "data.dir" in str(info.value)
 
     root = _image_folder(tmp_path / "e", {"train": 2, "test": 1})
-    with pytest.raises(DataError, match="need 3 values"):
-        load("imagefolder", data_dir=root, mean=[0.5], std=[0.5], num_workers=0)
+    for mean, std in (([0.5], [0.5]), ([0.5] * 3, None)):
+        with pytest.raises(DataError, match="data.mean and data.std take 3 values each"):
+            load("imagefolder", data_dir=root, mean=mean, std=std, num_workers=0)
 
 
 def test_arguments_for_another_kind_of_data_are_refused() -> None:
@@ -187,6 +188,12 @@ def tensors():
     train = TensorDataset(x, torch.arange(40) % 4)
     train.classes = ["a", "b", "c", "d", "e"]
     return {"train": train, "test": TensorDataset(x[:8], torch.arange(8) % 4)}
+
+
+def tensor_targets(dtype="int64"):
+    train = Ramp(12)
+    train.targets = torch.arange(12).to(getattr(torch, dtype)) % 3
+    return {"train": train, "test": Ramp(3)}
 
 
 def odd_train(index, sample, targets=False):
@@ -272,6 +279,13 @@ def test_factory_targets_spare_reading_every_sample(factories) -> None:
     assert ds.num_classes == 3
     # train[0] for the input shape, then one sample per split to check its type and shape.
     assert ds._datasets["train"].reads == 2 and ds._datasets["test"].reads == 1
+    # torchvision's MNIST keeps its targets in a tensor.
+    ds = load(f"{factories}:tensor_targets", num_workers=0)
+    assert ds.num_classes == 3 and ds.len_split("val") == 1
+    with pytest.raises(DataError) as info:
+        load(f"{factories}:tensor_targets", args={"dtype": "float32"}, num_workers=0)
+    assert "train.targets holds float32 values of shape (12,), not one int label per sample" \
+        in _one_line(info)
 
 
 @pytest.mark.parametrize(

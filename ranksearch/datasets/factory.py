@@ -144,10 +144,11 @@ class FactoryDataset(StreamedDataset):
         """The int labels of every sample of ``source``, checking what reading them shows."""
         dataset = self._datasets[source]
         targets = getattr(dataset, "targets", None)
-        if targets is not None and len(targets) == len(dataset):
+        if hasattr(targets, "__len__") and len(targets) == len(dataset):
             problem = check_sample(dataset[0], f"{source}[0]", self.input_shape)
             if problem is None:
-                labels = np.asarray(torch.as_tensor(targets))
+                labels = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor)
+                                    else targets)
                 if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
                     return labels.astype(np.int64)
                 problem = (f"{source}.targets holds {labels.dtype} values of shape "
