@@ -87,6 +87,15 @@ def cmd_export(args) -> None:
     print(f"exported to {out}")
 
 
+def cmd_latency(args) -> None:
+    from .latency import measure_run
+
+    result = measure_run(args.run_dir, batch_size=args.batch_size, threads=args.threads,
+                         repeats=args.repeats)
+    print(f"{len(result['models'])} models timed at batch {result['batch_size']} and 1 on "
+          f"{result['threads']} threads; written to {Path(args.run_dir) / 'latency.json'}")
+
+
 def cmd_baselines(args) -> None:
     from .baselines import run_baselines_for_run
 
@@ -167,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where the reference cache lives (default: runs/NAME)")
     p.add_argument("--out", help="where the trial's files go (default: RUN_DIR/train)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = add("latency", "time every model of a run again, one at a time on this machine (the "
+            "report then uses these timings)", cmd_latency)
+    p.add_argument("run_dir")
+    p.add_argument("--batch-size", type=int, help="default: the config's latency.batch_size")
+    p.add_argument("--threads", type=int,
+                   help="default: the config's latency.threads, else PyTorch's")
+    p.add_argument("--repeats", type=int, default=30, help="timed passes per model (median)")
 
     p = add("baselines", "run or complete a study's filter-pruning baselines", cmd_baselines)
     p.add_argument("run_dir")

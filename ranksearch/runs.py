@@ -198,6 +198,11 @@ class RunDir:
     def storage_path(self) -> Path:
         return self.path / "storage.txt"
 
+    @property
+    def latency_path(self) -> Path:
+        """Every model's latency, timed one at a time after the search (``ranksearch.latency``)."""
+        return self.path / "latency.json"
+
     def cache(self, kind: str, key: str) -> CacheEntry:
         return CacheEntry(self.path / "cache" / kind / key)
 

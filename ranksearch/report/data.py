@@ -34,6 +34,7 @@ from ranksearch.report.pareto import (
     trials_frame,
 )
 from ranksearch.report.text import DEFAULT_METRIC
+from ranksearch.report.timings import latency_source
 
 __all__ = [
     "ReportData", "ParetoChart", "Series", "report_data", "HYPERVOLUME_REFERENCE",
@@ -271,6 +272,8 @@ class ReportData:
     latency_reduction: pd.DataFrame
     """The same table on measured latency (reference latency / point latency); empty when no
     point has a latency."""
+    latency_source: str
+    """How the latencies were timed (:func:`~.timings.latency_source`)."""
     history: pd.DataFrame
     hypervolume: float
     excluded: pd.DataFrame
@@ -324,6 +327,7 @@ def report_data(
         reference_flops=reference_flops(df),
         reduction=reduction_table(df, ref_acc) if np.isfinite(ref_acc) else pd.DataFrame(),
         latency_reduction=_latency_reduction(df, ref_acc),
+        latency_source=latency_source(run_dir),
         history=history,
         hypervolume=float(history["hypervolume"].iloc[-1]) if len(history) else 0.0,
         excluded=_excluded_trials(df),

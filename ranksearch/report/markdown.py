@@ -26,8 +26,8 @@ def _latency_section(data: ReportData) -> list[str]:
         "",
         "Speedup = reference latency / point latency, both measured on the deployed model "
         "(BN folded, channels_last, fp32) on the CPU at the study's latency batch and "
-        "threads (trials.csv: latency_ms); the gap to the FLOPs table is what the CPU does "
-        "not turn into time.",
+        f"threads (trials.csv: latency_ms), {data.latency_source}; the gap to the FLOPs "
+        "table is what the CPU does not turn into time.",
         "",
     ]
 

@@ -60,7 +60,7 @@ def page(data: ReportData) -> str:
             sections.append(_reduction_section(data.reduction, data.metric))
             if len(data.latency_reduction):
                 sections.append(_reduction_section(data.latency_reduction, data.metric,
-                                                   "latency"))
+                                                   "latency", data.latency_source))
     excluded = data.excluded
     literature_note = (
         "published results for the same model and dataset, placed at this reference's FLOPs "
@@ -152,10 +152,11 @@ def _html_table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     )
 
 
-def _reduction_section(reduction: pd.DataFrame, metric: str, axis: str = "flops") -> str:
+def _reduction_section(reduction: pd.DataFrame, metric: str, axis: str = "flops",
+                       timed: str = "") -> str:
     what, ratio = (("FLOPs reduction", "reference FLOPs / point FLOPs") if axis == "flops" else
                    ("measured CPU speedup", "reference latency / point latency, measured on "
-                    "the deployed models"))
+                    f"the deployed models, {escape(timed)}"))
     return (
         f"<section><h2>Largest {what} within a given {escape(metric)} drop</h2>"
         + _html_table(reduction_header(reduction), reduction_rows(reduction),

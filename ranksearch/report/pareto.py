@@ -21,6 +21,7 @@ import pandas as pd
 
 from ranksearch.dominance import hypervolume_2d, nondominated
 from ranksearch.objectives import OBJECTIVE_NAMES
+from ranksearch.report.timings import use_timings
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -223,6 +224,8 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     ``spectrum_rank_before`` / ``_after``: on the trial that SVD-trained a model, the rank kept
     at e = 0.01 summed over its layers before and after SVD training.
     ``flops_reduction`` missing from a record is filled in as reference FLOPs / FLOPs.
+    ``latency_ms`` comes from ``run_dir/latency.json`` when ``ranksearch latency`` wrote it
+    (see :func:`ranksearch.report.timings.latency_source`).
 
     The study is read with a single ``get_trials(deepcopy=False)`` call, so that remote
     storages holding thousands of trials are queried once.
@@ -238,6 +241,7 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
         rows.extend(_sweep_rows(trial, ref_flops))
     if run_dir is not None:
         rows.extend(_baseline_rows(Path(run_dir)))
+        use_timings(rows, Path(run_dir))
 
     df = pd.DataFrame.from_records(rows)
     param_columns = sorted(c for c in df.columns if c.startswith("param_"))

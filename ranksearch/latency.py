@@ -1,0 +1,136 @@
+"""The latency of every model of a run, timed one model at a time after the search.
+
+A trial times its model in its own process while the other workers on the host train, so on
+a shared host its figure carries their load (on 2 cores with 2 workers, the same structure
+timed 32 ms in one trial and 115 ms in another). ``ranksearch latency RUN_DIR`` times the
+dense reference, every complete trial's deployed model and every baseline's pruned structure
+again, one after the other, on this machine, and writes ``RUN_DIR/latency.json``; the report
+then draws its latency figures from that file and says so. Copy a run directory to the
+machine you deploy on and run the command there to get that machine's front.
+
+Latency depends on a model's structure, not on its weights. A trial's structure is its
+``plan.json``. A baseline's is rebuilt by pruning the cached reference again, which is
+deterministic; one whose FLOPs differ from those its run recorded is skipped with a warning,
+never timed as something else.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from . import baselines, export, measure, models, pipeline, svd
+from . import config as cfg
+from .errors import UserError
+from .runs import RunDir, load_state, read_json, write_json
+from .search.study import open_run_study
+
+__all__ = ["measure_run"]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+Builder = Callable[[], nn.Module]
+
+
+def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
+            ) -> tuple[dict[str, tuple[Builder, float | None]], tuple[int, ...]]:
+    """Every model to time, by key: a function building its deployed form and the FLOPs its
+    run recorded (None where the structure is stored, not rebuilt); and the input shape."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+              and (run.trial_dir(t.number) / "plan.json").is_file()}
+    if not trials:
+        raise UserError(f"{run.path}: no complete trial with a saved model to time")
+    plan = read_json(run.trial_dir(next(iter(trials))) / "plan.json")
+    input_shape = tuple(plan["input_shape"])
+    found: dict[str, tuple[Builder, float | None]] = {}
+    entry = run.cache("reference", pipeline.reference_key(config))
+    dense: nn.Module | None = None
+    if entry.is_valid():
+        dense = models.create(plan["model"], num_classes=plan["num_classes"],
+                              in_channels=plan["in_channels"])
+        dense.load_state_dict(load_state(entry.file("model.safetensors")))
+        reference = dense
+        found["reference"] = (lambda: svd.for_inference(reference), None)
+    for number in sorted(trials):
+        folder = run.trial_dir(number)
+        found[f"trial:{number}"] = (lambda folder=folder: export.load(folder), None)
+    for metrics in run.baseline_results():
+        if dense is None or "flops" not in metrics:
+            continue
+        method, target = metrics["method"], float(metrics["target"])
+
+        def pruned(method: str = method, target: float = target) -> nn.Module:
+            torch.manual_seed(config.seed)  # as the baseline run did before pruning
+            return svd.for_inference(baselines.prune_to_flops(
+                dense, input_shape, method, target, seed=config.seed))
+
+        found[f"baseline:{method}-{target:g}x"] = (pruned, float(metrics["flops"]))
+    return found, input_shape
+
+
+def measure_run(
+    run_dir: str | Path, *, batch_size: int | None = None, threads: int | None = None,
+    repeats: int = 30,
+) -> dict[str, Any]:
+    """Time every model of a run one at a time and write ``RUN_DIR/latency.json``.
+
+    Each model is timed at ``batch_size`` (default: the config's ``latency.batch_size``) and
+    at batch 1 on ``threads`` threads (default: the config's ``latency.threads``, else
+    PyTorch's), in fp32, as :func:`ranksearch.measure.latency` times it. The file is
+    rewritten after each model, so an interrupted call keeps what it timed and the next call
+    with the same settings times only the rest; other settings start it over.
+
+    Returns the file's content: ``batch_size``, ``threads``, ``repeats``, ``host``, ``cpu``,
+    ``torch`` and ``models``, a mapping of ``reference``, ``trial:<number>`` and
+    ``baseline:<method>-<target>x`` to ``{latency_ms, latency_batch1_ms, flops}``.
+
+    Raises:
+        UserError: no such run directory, or no trial with a saved model.
+    """
+    run, config, study = open_run_study(run_dir)
+    batch_size = batch_size or config.latency.batch_size
+    threads = threads or config.latency.threads or torch.get_num_threads()
+    settings = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
+    previous = read_json(run.latency_path) if run.latency_path.is_file() else {}
+    result: dict[str, Any] = {**settings, "host": platform.node(), "cpu": _cpu_name(),
+                              "torch": torch.__version__, "models": {}}
+    if all(previous.get(k) == v for k, v in settings.items()):
+        result["models"] = previous.get("models", {})
+    found, input_shape = _models(run, config, study)
+    for key, (build, recorded_flops) in found.items():
+        if key in result["models"]:
+            continue
+        model = build()
+        flops = measure.flops(model, input_shape)
+        if recorded_flops is not None and abs(flops - recorded_flops) > 1e-6 * recorded_flops:
+            warnings.warn(f"{key}: pruning the reference again gave {flops:,} FLOPs, not the "
+                          f"{recorded_flops:,.0f} its run recorded; not timed", stacklevel=2)
+            continue
+        with measure.num_threads(threads):
+            timed = measure.latency(model, input_shape, batch_size=batch_size, repeats=repeats)
+            timed_1 = (measure.latency(model, input_shape, repeats=repeats)
+                       if batch_size > 1 else timed)
+        result["models"][key] = {"latency_ms": 1e3 * timed, "latency_batch1_ms": 1e3 * timed_1,
+                                 "flops": flops}
+        print(f"{key}: {1e3 * timed:.2f} ms at batch {batch_size}, {1e3 * timed_1:.2f} ms at "
+              f"batch 1", file=sys.stderr, flush=True)
+        write_json(run.latency_path, result)
+    write_json(run.latency_path, result)
+    return result

@@ -1,0 +1,77 @@
+"""``ranksearch latency``: every model of a run timed again, one at a time, and the report
+drawing its latencies from those timings."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pandas as pd
+import pytest
+import yaml
+
+from ranksearch import cli, measure
+from ranksearch.runs import read_json
+
+
+@pytest.fixture(scope="module")
+def run_with_baselines(tmp_path_factory):
+    """A finished 2-trial digits study with one L1 baseline, latency measured in-trial."""
+    from tests.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("latency")
+    space = tmp / "space.yaml"
+    config = {**TINY, "trials": 2, "measure_latency": True,
+              "latency": {"batch_size": 4, "threads": 1},
+              "baselines": {"methods": ["l1"], "targets": [2]}}
+    space.write_text(yaml.safe_dump(config))
+    cli.main(["search", str(space), "--run-dir", str(tmp / "run"), "--quiet"])
+    return tmp / "run"
+
+
+def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines, tmp_path,
+                                                               monkeypatch):
+    run = run_with_baselines
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rebuilt baseline whose FLOPs differ would warn
+        cli.main(["latency", str(run), "--repeats", "2"])
+    timings = read_json(run / "latency.json")
+    assert (timings["batch_size"], timings["threads"]) == (4, 1)
+    assert set(timings["models"]) == {"reference", "trial:0", "trial:1", "baseline:l1-2x"}
+    baseline = read_json(run / "baselines" / "l1-2x" / "metrics.json")
+    # The baseline's structure is rebuilt by pruning the reference again: the same FLOPs.
+    assert timings["models"]["baseline:l1-2x"]["flops"] == baseline["flops"]
+    trial = read_json(run / "trials" / "0" / "metrics.json")
+    assert timings["models"]["trial:0"]["flops"] == trial["flops"]
+    assert all(m["latency_ms"] > 0 and m["latency_batch1_ms"] > 0
+               for m in timings["models"].values())
+
+    cli.main(["report", str(run), "--out", str(tmp_path / "report")])
+    frame = pd.read_csv(tmp_path / "report" / "trials.csv")
+    timed = frame.set_index(frame["kind"] + ":" + frame["number"].fillna(-1).astype(int)
+                            .astype(str))["latency_ms"]
+    assert timed["svd:1"] == pytest.approx(timings["models"]["trial:1"]["latency_ms"])
+    assert timed["reference:-1"] == pytest.approx(timings["models"]["reference"]["latency_ms"])
+    assert frame.loc[frame["kind"] == "baseline:l1", "latency_ms"].iloc[0] == pytest.approx(
+        timings["models"]["baseline:l1-2x"]["latency_ms"])
+    assert "ranksearch latency" in (tmp_path / "report" / "summary.md").read_text()
+
+    # Same settings: nothing is timed again; other settings: everything is.
+    calls = []
+    monkeypatch.setattr(measure, "latency", lambda *a, **k: calls.append(1) or 1e-3)
+    cli.main(["latency", str(run), "--repeats", "2"])
+    assert not calls
+    cli.main(["latency", str(run), "--repeats", "2", "--batch-size", "2"])
+    assert len(calls) == 2 * 4  # batch 2 and batch 1, four models
+    assert read_json(run / "latency.json")["batch_size"] == 2
+
+
+def test_a_run_without_trials_is_one_line(tmp_path, tiny_space, capsys):
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(run), "--quiet"])
+    shutil.rmtree(run / "trials")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["latency", str(run)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no complete trial with a saved model" in err[-1]
