@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ranksearch import cli, pipeline
 from ranksearch import config as cfg
-from ranksearch import pipeline
 from ranksearch.data import DataError, FactoryDataset, ImageFolderDataset, load
 from ranksearch.imports import ImportFailed
 
@@ -371,6 +371,29 @@ def test_the_pipeline_loads_what_the_yaml_names(tiny_space, factories, tmp_path)
     assert ds.len_split("train") + ds.len_split("val") == 20
     model = pipeline.build_model(config, ds)  # ResNet-20 with the factory's 2 channels
     assert model(next(ds.batches("test", 2, train=False))[0]).shape == (2, 3)
+
+
+@pytest.mark.parametrize("case", ["empty class folder", "broken factory", "bad sample"])
+def test_search_stops_with_one_line(tiny_space, factories, tmp_path, capsys, case) -> None:
+    """``ranksearch search`` on bad data: exit code 2 and one line naming the problem (the
+    bad sample only shows when the reference's training reaches its batch)."""
+    if case == "empty class folder":
+        root = _image_folder(tmp_path / "images", {"train": 2, "test": 1})
+        (root / "test" / "square").rename(root / "test" / "renamed")
+        (root / "train" / "renamed").mkdir()
+        data, expected = ({"name": "imagefolder", "dir": str(root), "workers": 0},
+                          f"class folder {root / 'train' / 'renamed'} holds no images")
+    elif case == "broken factory":
+        data, expected = {"name": f"{factories}:nowhere"}, "has no function 'nowhere'"
+    else:
+        data = {"name": f"{factories}:odd_train", "workers": 0, "val_fraction": 0.25,
+                "args": {"index": 9, "sample": [[1.0], 0], "targets": True}}
+        expected = "split: train[9]: the input is list, not a torch.Tensor"
+    space = tiny_space(data=data, model={"name": "resnet20"})
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["search", str(space), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
 
 
 NETS = """
