@@ -57,11 +57,19 @@ def _source(space: Space) -> str:
 
 
 def _raw(space: Space) -> dict[str, Any]:
-    """The space as a plain mapping."""
+    """The space as a plain mapping, not validated yet: a file may leave out what the
+    arguments of :func:`optimize` give (``model``, ``data``)."""
     if isinstance(space, Mapping):
         return dict(space)
-    config = space if isinstance(space, cfg.StudyConfig) else cfg.load(space)
-    return config.model_dump(mode="json", exclude_none=True)
+    if isinstance(space, cfg.StudyConfig):
+        return space.model_dump(mode="json", exclude_none=True)
+    try:
+        raw = yaml.safe_load(Path(space).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    if not isinstance(raw, dict):
+        cfg.load(space)  # raises the one-line error that says what is wrong with the file
+    return raw
 
 
 def study_config(

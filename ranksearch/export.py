@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import config as cfg
 from . import models, svd
 from .conventions import FLOPS_CONVENTION
 from .errors import UserError
@@ -127,7 +128,8 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
         plan = read_json(staging / "plan.json")
         _write_onnx(model, plan["input_shape"], staging / "model.onnx")
         metrics = read_json(trial_dir / "metrics.json")
-        atomic_write_text(staging / "README.md", _readme(metrics, plan, trial_dir.name))
+        metric = cfg.load(staging / "config.yaml").metric.name
+        atomic_write_text(staging / "README.md", _readme(metrics, plan, trial_dir.name, metric))
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -157,7 +159,7 @@ def _write_onnx(model: nn.Module, input_shape: list[int], path: Path) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str) -> str:
+def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: str) -> str:
     rank_lines = "\n".join(
         f"| `{name}` | {rank} | "
         f"{'one dense layer (merged back)' if plan['plan'].get(name) is None else 'two layers'} |"
@@ -167,8 +169,8 @@ def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str) -> str:
 | | |
 |---|---|
 | model | `{plan['model']}`, {plan['scheme']}-wise SVD |
-| validation accuracy | {100 * metrics['accuracy']:.2f} % |
-| test accuracy | {100 * metrics['test_accuracy']:.2f} % |
+| validation {metric} | {100 * metrics['accuracy']:.2f} % |
+| test {metric} | {100 * metrics['test_accuracy']:.2f} % |
 | FLOPs | {metrics['flops']:,} ({metrics['flops_reduction']:.2f}x fewer than the dense reference) |
 | parameters | {metrics['params']:,} |
 

@@ -238,6 +238,18 @@ def test_study_config_names_functions_by_import_string(tiny_space) -> None:
     assert named.train_loop == config.train_loop
 
 
+def test_a_space_file_may_leave_out_what_the_arguments_give(tiny_space, tmp_path) -> None:
+    path = tiny_space(model=None, data=None)
+    with pytest.raises(cfg.ConfigError, match="model: required field is missing"):
+        cfg.load(path)
+    config = api.study_config(path, model=tiny_model, data={"name": "digits"})
+    assert config.model.name == _spec(tiny_model) and config.data.name == "digits"
+    with pytest.raises(cfg.ConfigError, match="no such file"):
+        api.study_config(tmp_path / "missing.yaml")
+    with pytest.raises(cfg.ConfigError, match=f"^{path}: data: required field is missing$"):
+        api.study_config(path, model=tiny_model)
+
+
 def test_a_lambda_is_one_clear_error(tiny_space) -> None:
     with pytest.raises(ImportFailed) as failed:
         api.study_config(_space(tiny_space), train_loop=lambda model, phase: None)
