@@ -62,7 +62,9 @@ class _Keyed(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # Only the CPU generator: torch.manual_seed would also queue a CUDA seeding,
+            # with a formatted stack trace, for every sample (3.4x slower on the example).
+            torch.default_generator.manual_seed(seed)
             return index, self.read(index)
 
 
