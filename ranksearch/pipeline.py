@@ -24,6 +24,7 @@ from . import config as cfg
 from . import measure, models, svd
 from .data import Dataset
 from .data import load as load_data
+from .errors import UserError
 from .imports import resolve
 from .runs import RunDir, atomic_write_text, load_state, read_json, save_state, write_json
 from .train import (
@@ -41,14 +42,19 @@ from .train import (
 )
 
 __all__ = [
-    "TrialFailed", "run_trial", "reference", "dataset", "build_model", "expand_by_layer",
-    "measured", "deployable", "svd_trained", "svd_key", "train", "quality", "training_loop",
-    "metric",
+    "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
+    "expand_by_layer", "measured", "deployable", "svd_trained", "svd_key", "train", "quality",
+    "training_loop", "metric",
 ]
 
 
 class TrialFailed(RuntimeError):
     """A trial that could not produce a result; ``str(err)`` is the reason recorded."""
+
+
+class ReferenceFailed(TrialFailed, UserError):
+    """The dense reference could not be trained (it diverged): the schedule needs fixing,
+    so the command line says so in one line rather than failing trial after trial."""
 
 
 def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
@@ -240,7 +246,9 @@ def reference(
                 result = train(config, model, "reference", config.schedule.reference,
                                seed=config.seed, desc="reference", progress=progress)
             except Diverged as err:
-                raise TrialFailed(f"reference {err}") from None
+                raise ReferenceFailed(
+                    f"reference {err}; lower schedule.reference.lr or check the training loop"
+                ) from None
             train_seconds, epochs = result.seconds, result.epochs
         metrics = measured(model, data, config)
         metrics["train_time_s"] = train_seconds

@@ -142,3 +142,15 @@ def test_gp_on_a_large_study_warns(tiny_space):
 
     with pytest.warns(UserWarning, match="sampler gp with 1000 trials"):
         cfg.load(tiny_space(sampler={"name": "gp"}, trials=1000))
+
+
+def test_a_diverging_reference_is_one_line_and_keeps_nothing_half_written(tiny_space, tmp_path,
+                                                                           capsys):
+    space = tiny_space(schedule={"reference": {"lr": 1e12}})
+    code, err = run_cli(["search", str(space), "--run-dir", str(tmp_path / "run"), "--quiet"],
+                        capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert "reference diverged" in lines[-1] and "schedule.reference.lr" in lines[-1]
+    assert "Traceback" not in err
+    assert not list((tmp_path / "run" / "cache").rglob("model.safetensors"))
