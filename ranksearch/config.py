@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from .datasets import DatasetName
-from .errors import UserError
+from .errors import UserError, validation_message
 
 __all__ = [
     "ConfigError",
@@ -394,29 +394,6 @@ class StudyConfig(_Strict):
         return self
 
 
-def _format_error(error: ValidationError, source: str) -> str:
-    # A value that fits no branch of a union yields one error per branch. The most useful is
-    # a validator's own message (e.g. "low must not exceed high"), else the deepest location
-    # (the element of a list that is wrong rather than "not a string").
-    first = min(error.errors(), key=lambda e: (e["type"] != "value_error", -len(e["loc"])))
-    # Pydantic reports union branches as extra location parts ("float", "list[float]",
-    # "Range", ...); keep only the path the user wrote.
-    parts = [str(p) for p in first["loc"]]
-    branch = re.compile(r"[A-Za-z_]+\[.*\]|float|int|str|bool|Range|function-.*")
-    location = ".".join(p for p in parts if not branch.fullmatch(p)) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    given = first.get("input")
-    quiet = ("missing", "extra_forbidden", "value_error")
-    shown = "" if first["type"] in quiet else f" (got {given!r:.60})"
-    if isinstance(given, dict) and first["type"] != "extra_forbidden":
-        shown = ""
-    return f"{source}: {location}: {message}{shown}"
-
-
 def loads(text: str, source: str = "<config>") -> StudyConfig:
     """Parse and validate YAML text. Raises :class:`ConfigError` with a one-line message."""
     try:
@@ -432,7 +409,7 @@ def loads(text: str, source: str = "<config>") -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(validation_message(err, source)) from None
 
 
 def load(path: str | os.PathLike[str]) -> StudyConfig:

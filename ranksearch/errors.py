@@ -5,8 +5,36 @@ Each module raises its own subclass; the command line prints the message as one 
 with code 2. Free of torch, so that catching these costs no import.
 """
 
-__all__ = ["UserError"]
+import re
+
+from pydantic import ValidationError
+
+__all__ = ["UserError", "validation_message"]
 
 
 class UserError(Exception):
     """An error whose one-line message tells the user what to fix."""
+
+
+def validation_message(error: ValidationError, source: str) -> str:
+    """One line saying what is wrong in ``source`` and where, from pydantic's errors."""
+    # A value that fits no branch of a union yields one error per branch. The most useful is
+    # a validator's own message (e.g. "low must not exceed high"), else the deepest location
+    # (the element of a list that is wrong rather than "not a string").
+    first = min(error.errors(), key=lambda e: (e["type"] != "value_error", -len(e["loc"])))
+    # Pydantic reports union branches as extra location parts ("float", "list[float]",
+    # "Range", ...); keep only the path the user wrote.
+    parts = [str(p) for p in first["loc"]]
+    branch = re.compile(r"[A-Za-z_]+\[.*\]|float|int|str|bool|Range|function-.*")
+    location = ".".join(p for p in parts if not branch.fullmatch(p)) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    given = first.get("input")
+    quiet = ("missing", "extra_forbidden", "value_error")
+    shown = "" if first["type"] in quiet else f" (got {given!r:.60})"
+    if isinstance(given, dict) and first["type"] != "extra_forbidden":
+        shown = ""
+    return f"{source}: {location}: {message}{shown}"
