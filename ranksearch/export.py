@@ -159,6 +159,17 @@ def _write_onnx(model: nn.Module, input_shape: list[int], path: Path) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
+def _inputs(plan: dict[str, Any]) -> str:
+    """What the model expects of its inputs."""
+    stats = plan.get("normalisation")
+    if not stats:
+        return "Inputs: as the study's data factory yields them."
+    mean = ", ".join(f"{v:.4f}" for v in stats["mean"])
+    std = ", ".join(f"{v:.4f}" for v in stats["std"])
+    return (f"Inputs: images scaled to [0, 1], then per channel `(x - mean) / std` with mean "
+            f"({mean}) and std ({std}) (also in `plan.json`).")
+
+
 def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: str) -> str:
     rank_lines = "\n".join(
         f"| `{name}` | {rank} | "
@@ -175,6 +186,8 @@ def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: 
 | parameters | {metrics['params']:,} |
 
 FLOPs: {FLOPS_CONVENTION}, input shape {tuple(plan['input_shape'])}.
+
+{_inputs(plan)}
 
 ## Load
 

@@ -404,6 +404,11 @@ def run_trial(
             "input_shape": list(data.input_shape),
             "num_classes": config.model.num_classes or data.num_classes,
             "in_channels": config.model.in_channels or data.input_shape[0],
+            # What a deployment must do to its inputs (the statistics may have been estimated
+            # on the training images, in which case nothing else records them).
+            "normalisation": ({"mean": list(data.normalisation[0]),
+                               "std": list(data.normalisation[1])}
+                              if data.normalisation is not None else None),
         })
         final = params.model_copy(update={"ranks": ranks})
         atomic_write_text(trial_dir / "config.yaml", cfg.dump(trial_config(config, final)))

@@ -33,6 +33,12 @@ def test_export_load_onnx_and_train(finished_run, tmp_path, capsys):
     for name in ("config.yaml", "plan.json", "model.safetensors", "model.onnx", "README.md"):
         assert (out / name).is_file(), name
     trial_metrics = read_json(finished_run / "trials" / str(number) / "metrics.json")
+    # A deployment normalises its inputs as training did: the export says how.
+    from ranksearch.datasets.base import STATS
+
+    mean, std = STATS["digits"]
+    assert read_json(out / "plan.json")["normalisation"] == {"mean": list(mean), "std": list(std)}
+    assert f"{mean[0]:.4f}" in (out / "README.md").read_text()
 
     # Loading rebuilds the same compact model: identical outputs to the trial's own files.
     model = load(out)
