@@ -9,6 +9,7 @@ never import one another.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from . import config as cfg
@@ -101,6 +102,12 @@ def run_search(
 
     if workers < 1:
         raise cfg.ConfigError(f"--workers: expected a positive number, got {workers}")
+    if config.measure_latency and workers > 1 and address is None:
+        warnings.warn(
+            f"measure_latency with {workers} workers on this host: each trial times its model "
+            "while the others train on the same cores; for the latency front, run "
+            f"'ranksearch latency {run.path}' after the search (one model at a time)",
+            stacklevel=2)
     runner = make_backend(backend, workers=workers, address=address,
                           gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     url = storage_url(run, config.storage)

@@ -75,3 +75,27 @@ def test_a_run_without_trials_is_one_line(tmp_path, tiny_space, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "no complete trial with a saved model" in err[-1]
+
+
+def test_several_workers_timing_latency_are_told_to_time_again(tiny_space, tmp_path,
+                                                               monkeypatch):
+    from ranksearch import app, pipeline
+    from ranksearch import config as cfg
+    from ranksearch.runs import RunDir
+
+    ran = []
+
+    class Backend:
+        def run(self, *args, **kwargs):
+            ran.append(True)
+
+    monkeypatch.setattr(app, "make_backend", lambda *a, **k: Backend())
+    monkeypatch.setattr(pipeline, "reference", lambda *a, **k: (None, {"accuracy": 1.0}))
+    config = cfg.load(tiny_space(measure_latency=True, baselines=None))
+    run = RunDir(tmp_path / "run").create()
+    with pytest.warns(UserWarning, match=f"ranksearch latency {run.path}"):
+        app.run_search(config, run, workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.run_search(config, run, workers=1)
+    assert len(ran) == 2
