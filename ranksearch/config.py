@@ -229,6 +229,9 @@ class SweepSpec(_Strict):
     """Proxy accuracy on the first this many images of the validation split."""
     bn_batches: int = Field(8, ge=0)
     """Training batches that re-estimate batch-norm statistics of each pruned candidate."""
+    allocate: int = Field(0, ge=0)
+    """Also this many candidates with per-stage (per-layer) thresholds allocated from each
+    unit's measured sensitivity (``ranksearch.fidelity.allocate``)."""
 
 
 class SearchSpace(_Strict):
@@ -281,6 +284,9 @@ class SearchSpace(_Strict):
                     missing = [d for d in decays if d not in value]
                 if missing:
                     raise ValueError(f"{field} has no range for decay type {missing[0]!r}")
+        if self.sweep is not None and self.sweep.allocate and self.granularity == "global":
+            raise ValueError("sweep.allocate gives each stage or layer its own threshold: it "
+                             "needs granularity stage or layer")
         return self
 
 

@@ -37,9 +37,11 @@ from .pipeline import dataset, expand_by_layer, quality, reference, svd_key, svd
 from .runs import RunDir, read_json, write_json
 from .train import autocast
 
-__all__ = ["Candidate", "energy_candidates", "sweep", "promote"]
+__all__ = ["Candidate", "energy_candidates", "sweep", "promote", "allocate"]
 
 Energy = float | dict[str, float]
+#: Thresholds per unit whose sensitivity :func:`sweep` measures for :func:`allocate`.
+ALLOCATION_LEVELS = 5
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class Candidate:
     rank: int
     """Kept rank summed over the SVD layers."""
     seconds: float
+    source: str = "sweep"
+    """``sweep`` (:func:`energy_candidates`), ``sensitivity`` (one unit pruned further than
+    the rest, measuring its sensitivity) or ``allocated`` (:func:`allocate`); the trial's own
+    setting comes first whatever its source."""
 
 
 def _grid(spec: Any, n: int) -> list[float]:
@@ -112,7 +118,7 @@ def _recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: i
 
 def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset,
                          config: cfg.StudyConfig, spec: cfg.SweepSpec,
-                         groups: dict[str, str]) -> list[Candidate]:
+                         groups: dict[str, str], source: str = "sweep") -> list[Candidate]:
     model = copy.deepcopy(model).eval()
     layers = svd.svd_layers(model)
     names = list(layers)
@@ -133,16 +139,75 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
         model.load_state_dict(bn_state, strict=False)
         results.append(Candidate(energy, flops, accuracy,
                                  sum(int(layer.rank) for layer in layers.values()),
-                                 time.perf_counter() - start))
+                                 time.perf_counter() - start, source))
     return results
+
+
+def allocate(levels: list[float], probes: dict[str, list[tuple[float, float]]],
+             targets: list[float]) -> list[dict[str, float]]:
+    """Per-unit thresholds meeting each FLOPs target at the least summed accuracy loss.
+
+    ``probes[unit][i]`` is the (proxy accuracy, FLOPs) of the model with ``unit`` at
+    ``levels[i]`` and every other unit at ``levels[0]`` (so ``probes[unit][0]`` is that
+    base model for every unit). Units' losses and savings are taken as additive, as AIMET's
+    per-layer compression-ratio selection takes them. Greedy: from the base, repeatedly move
+    the one unit whose step to a higher level loses the least accuracy per FLOP saved, until
+    the FLOPs are at or below the target (or no unit can save more).
+    """
+    allocations = []
+    for target in targets:
+        chosen = dict.fromkeys(probes, 0)
+        flops = next(iter(probes.values()))[0][1]
+        while flops > target:
+            best: tuple[float, str, int, float] | None = None
+            for unit, rows in probes.items():
+                accuracy, unit_flops = rows[chosen[unit]]
+                for j in range(chosen[unit] + 1, len(levels)):
+                    saving = unit_flops - rows[j][1]
+                    if saving > 0:
+                        cost = max(accuracy - rows[j][0], 0.0) / saving
+                        if best is None or cost < best[0]:
+                            best = (cost, unit, j, saving)
+            if best is None:
+                break
+            _, unit, j, saving = best
+            chosen[unit] = j
+            flops -= saving
+        allocations.append({unit: levels[i] for unit, i in chosen.items()})
+    return allocations
+
+
+def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
+               config: cfg.StudyConfig, spec: cfg.SweepSpec, groups: dict[str, str],
+               units: list[str], decay: str) -> list[Candidate]:
+    """The sensitivity probes of every unit and the :func:`allocate` candidates at
+    ``spec.allocate`` FLOPs targets spread (log-spaced) over the other candidates' range."""
+    space_spec = (config.space.energy[decay] if isinstance(config.space.energy, dict)
+                  else config.space.energy)
+    levels = _grid(space_spec, ALLOCATION_LEVELS)
+    if len(levels) < 2:
+        return []
+    base = dict.fromkeys(units, levels[0])
+    energies = [base] + [{**base, unit: level} for unit in units for level in levels[1:]]
+    probed = _evaluate_candidates(model, energies, data, config, spec, groups, "sensitivity")
+    rows = iter(probed[1:])
+    probes = {unit: [(probed[0].proxy_accuracy, probed[0].flops)]
+              + [(c.proxy_accuracy, c.flops) for c in (next(rows) for _ in levels[1:])]
+              for unit in units}
+    flops = [c.flops for c in candidates]
+    targets = np.geomspace(min(flops), max(flops), spec.allocate + 2)[1:-1].tolist()
+    allocated = _evaluate_candidates(model, allocate(levels, probes, targets), data, config,
+                                     spec, groups, "allocated")
+    return probed + allocated
 
 
 def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
           groups: dict[str, str], units: list[str]) -> list[Candidate]:
     """The sweep of the SVD-trained model that ``params`` determine (trained, or loaded
     from the run's cache): ``params.energy`` and every :func:`energy_candidates` setting,
-    pruned and evaluated without fine-tuning, in that order. Cached in the run directory;
-    computed once per model.
+    pruned and evaluated without fine-tuning, in that order; with ``sweep.allocate``, then
+    each unit's sensitivity probes and the allocated candidates (:func:`allocate`). Cached
+    in the run directory; computed once per model.
 
     ``groups`` maps each SVD layer to its stage; ``units`` are the stages or layers that
     the space's granularity gives a threshold each (empty for one global threshold).
@@ -150,8 +215,10 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
     spec = config.space.sweep if config.space is not None else None
     if spec is None:
         raise ValueError("the search space has no 'sweep' section")
-    key = cfg.settings_key("sweep", svd_key(config, params), spec.model_dump(), units,
-                           params.energy, config.space.energy, config.rank_multiple)
+    # Without allocation the key is the one sweeps had before it existed: they resume.
+    key = cfg.settings_key("sweep", svd_key(config, params),
+                           spec.model_dump(exclude=set() if spec.allocate else {"allocate"}),
+                           units, params.energy, config.space.energy, config.rank_multiple)
     entry = run.cache("sweep", key)
     with entry.lock():
         if entry.is_valid():
@@ -161,8 +228,11 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
         model, _ = svd_trained(config, params, run, dense, groups, progress=False)
         energies = [params.energy, *energy_candidates(config.space, params.decay, units,
                                                       spec.candidates, config.seed)]
-        candidates = _evaluate_candidates(model, energies, dataset(config), config, spec,
-                                          groups)
+        data = dataset(config)
+        candidates = _evaluate_candidates(model, energies, data, config, spec, groups)
+        if spec.allocate and units:
+            candidates += _allocated(model, candidates, data, config, spec, groups, units,
+                                     params.decay)
         write_json(entry.file("sweep.json"), [asdict(c) for c in candidates])
         entry.seal()
     return candidates

@@ -49,6 +49,51 @@ def test_energy_candidates_follow_the_space() -> None:
     assert fidelity.energy_candidates(space, "hoyer", [], 5, seed=0) == [0.001, 0.01]
 
 
+def test_allocate_prunes_the_insensitive_unit_first() -> None:
+    levels = [0.01, 0.1, 0.3]
+    # Base model: accuracy 0.9 at 100 FLOPs. Pruning "a" further costs nothing; pruning "b"
+    # costs a lot per FLOP saved.
+    probes = {"a": [(0.9, 100), (0.9, 80), (0.89, 60)],
+              "b": [(0.9, 100), (0.5, 70), (0.2, 50)]}
+    at_85, at_60, at_10 = fidelity.allocate(levels, probes, [85, 60, 10])
+    assert at_85 == {"a": 0.1, "b": 0.01}
+    assert at_60 == {"a": 0.3, "b": 0.01}          # a's 40 FLOPs before any of b's
+    assert at_10 == {"a": 0.3, "b": 0.3}           # every unit as far as it goes
+    assert fidelity.allocate(levels, probes, [100]) == [{"a": 0.01, "b": 0.01}]
+
+
+def test_allocated_sweep_on_digits(tiny_space, tmp_path) -> None:
+    config = cfg.load(tiny_space(space={
+        "scheme": "channel", "decay": "hoyer", "granularity": "stage",
+        "energy": {"hoyer": {"low": 0.01, "high": 0.6, "log": True}},
+        "sweep": {"candidates": 6, "promote": 2, "proxy_samples": 100, "bn_batches": 2,
+                  "allocate": 3}}))
+    from ranksearch import models, pipeline
+    from ranksearch.search.space import granularity_units
+
+    dense = pipeline.build_model(config, pipeline.dataset(config))
+    groups = models.layer_groups(dense)
+    units = granularity_units(config.space, groups)
+    params = cfg.TrialParams(scheme="channel", decay="hoyer", lambda_s=1e-3,
+                             energy=dict.fromkeys(units, 0.05))
+    run = RunDir(tmp_path / "run").create()
+    candidates = fidelity.sweep(config, params, run, groups, units)
+    sources = [c.source for c in candidates]
+    levels = fidelity.ALLOCATION_LEVELS
+    assert sources == (["sweep"] * 7 + ["sensitivity"] * (1 + len(units) * (levels - 1))
+                       + ["allocated"] * 3)
+    probes = [c for c in candidates if c.source == "sensitivity"]
+    # One unit at a time pruned further than the base never adds FLOPs.
+    assert all(c.flops <= probes[0].flops for c in probes)
+    allocated = [c for c in candidates if c.source == "allocated"]
+    assert all(set(c.energy) == set(units) for c in allocated)
+    # Targets from low to high FLOPs, all below the largest other candidate's.
+    assert [c.flops for c in allocated] == sorted(c.flops for c in allocated)
+    assert allocated[-1].flops < max(c.flops for c in candidates if c.source == "sweep")
+    with pytest.raises(cfg.ConfigError, match="needs granularity stage or layer"):
+        cfg.load(tiny_space("global.yaml", space={"sweep": {"allocate": 2}}))
+
+
 def test_sweep_on_digits_is_cached(tiny_space, tmp_path) -> None:
     config = cfg.load(tiny_space(space={
         "scheme": "channel", "decay": "hoyer", "energy": {"hoyer": {"low": 0.01, "high": 0.6,

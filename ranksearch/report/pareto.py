@@ -170,7 +170,8 @@ def _sweep_rows(trial: optuna.trial.FrozenTrial, ref_flops: float) -> list[dict[
             "wall_time_s": _number(candidate.get("seconds")),
             "full_budget": False,
             "method": "svd",
-            "candidate": json.dumps({"energy": candidate.get("energy")},
+            "candidate": json.dumps({"energy": candidate.get("energy"),
+                                     "source": candidate.get("source", "sweep")},
                                     separators=(",", ":")),
         })
     return rows

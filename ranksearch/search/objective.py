@@ -105,7 +105,8 @@ class Objective:
                 "proxy_flops": candidate.flops})
         trial.set_user_attr("sweep", [
             {"energy": c.energy, "flops": c.flops, "proxy_accuracy": c.proxy_accuracy,
-             "seconds": c.seconds, "promoted": c in promoted, "own": i == 0}
+             "seconds": c.seconds, "source": c.source, "promoted": c in promoted,
+             "own": i == 0}
             for i, c in enumerate(candidates)])
         if candidates:
             metrics["proxy_accuracy"] = candidates[0].proxy_accuracy
