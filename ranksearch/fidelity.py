@@ -20,6 +20,7 @@ model's and the sweep's settings, so a trial cut off by a kill reruns none of it
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -180,7 +181,7 @@ def allocate(levels: list[float], probes: dict[str, list[tuple[float, float]]],
 def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
                config: cfg.StudyConfig, spec: cfg.SweepSpec, groups: dict[str, str],
                units: list[str], decay: str) -> list[Candidate]:
-    """The sensitivity probes of every unit and the :func:`allocate` candidates at
+    """The sensitivity probes of every unit and the distinct :func:`allocate` candidates at
     ``spec.allocate`` FLOPs targets spread (log-spaced) over the other candidates' range."""
     space_spec = (config.space.energy[decay] if isinstance(config.space.energy, dict)
                   else config.space.energy)
@@ -196,8 +197,10 @@ def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
               for unit in units}
     flops = [c.flops for c in candidates]
     targets = np.geomspace(min(flops), max(flops), spec.allocate + 2)[1:-1].tolist()
-    allocated = _evaluate_candidates(model, allocate(levels, probes, targets), data, config,
-                                     spec, groups, "allocated")
+    # Neighbouring targets may get the same allocation: evaluate it once.
+    distinct = list({json.dumps(a, sort_keys=True): a
+                     for a in allocate(levels, probes, targets)}.values())
+    allocated = _evaluate_candidates(model, distinct, data, config, spec, groups, "allocated")
     return probed + allocated
 
 
