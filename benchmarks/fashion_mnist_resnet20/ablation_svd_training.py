@@ -174,6 +174,8 @@ def main() -> None:
                         help="comma-separated fine-tuning steps per point (the budget axis)")
     parser.add_argument("--targets", type=lambda text: [float(t) for t in text.split(",")],
                         default=list(TARGETS))
+    parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     config = load_config()
     run = RunDir(args.run_dir).create()
@@ -191,7 +193,7 @@ def main() -> None:
     if budgets:
         result.update(budgets=budgets, svd_steps=config.schedule.svd.max_batches)
     done = {(r["variant"], r["target"], r.get("finetune_steps")) for r in result["rows"]}
-    for variant in VARIANTS:
+    for variant in args.variants:
         for target in args.targets:
             for steps in budgets or [None]:
                 if (variant, target, steps) in done:
