@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ranksearch import config as cfg
-from ranksearch import fidelity, models, pipeline
+from ranksearch import fidelity, models, pipeline, svd
 from ranksearch.dominance import hypervolume_2d, nondominated
 from ranksearch.search.space import granularity_units
 from ranksearch.search.study import open_run_study
@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--allocate", type=int, default=4)
+    parser.add_argument("--models", type=int, help="only the first this many trained models")
     args = parser.parse_args()
     run, config, study = open_run_study(args.run_dir)
     sweep_spec = config.space.sweep.model_copy(update={"allocate": args.allocate})
@@ -53,12 +54,15 @@ def main() -> None:
         space = space.model_copy(update={"granularity": "stage"})
     config = config.model_copy(update={"space": space})
     dense, ref_metrics = pipeline.reference(config, run, progress=False)
+    # The groups of the layers SVD training decomposes, as the search's objective has them.
     groups = models.layer_groups(dense)
+    groups = {name: groups.get(name, name)
+              for name in svd.decomposable(dense, exclude=tuple(config.model.exclude))}
     units = granularity_units(space, groups)
     rows = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state.name != "COMPLETE" or not trial.user_attrs.get("sweep"):
-            continue
+    trained = [t for t in study.get_trials(deepcopy=False)
+               if t.state.name == "COMPLETE" and t.user_attrs.get("sweep")]
+    for trial in trained[:args.models]:
         params = cfg.load(run.trial_dir(trial.number) / "config.yaml").params
         params = params.model_copy(update={"ranks": None})
         candidates = fidelity.sweep(config, params, run, groups, units)
