@@ -105,11 +105,11 @@ def latency_fronts(frame: pd.DataFrame, ref_latency: float) -> dict:
 def spectrum(frame: pd.DataFrame) -> list[dict]:
     """The summed rank at e = 0.01 before and after SVD training, per trained model."""
     trained = frame[(frame["kind"] == "svd") & frame["spectrum_rank_before"].notna()]
-    return [{"trial": int(r.number), "decay": getattr(r, "param_decay", None),
-             "lambda_s": {c.removeprefix("param_"): getattr(r, c) for c in frame.columns
-                          if c.startswith("param_lambda_s") and getattr(r, c) == getattr(r, c)},
-             "rank_before": r.spectrum_rank_before, "rank_after": r.spectrum_rank_after}
-            for r in trained.itertuples()]
+    return [{"trial": int(r["number"]), "decay": r.get("param_decay"),
+             "lambda_s": {c.removeprefix("param_"): v for c, v in r.items()
+                          if c.startswith("param_lambda_s") and v == v},
+             "rank_before": r["spectrum_rank_before"], "rank_after": r["spectrum_rank_after"]}
+            for r in trained.to_dict("records")]
 
 
 def multi_fidelity(trials: list) -> dict:
