@@ -33,3 +33,23 @@ def test_custom_python_example(tmp_path: Path, monkeypatch) -> None:
     model = ranksearch.load(export)
     baselines = list((tmp_path / "runs" / "custom-python" / "baselines").glob("*/metrics.json"))
     assert len(baselines) == 2 and sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_custom_python_example_under_ray(tmp_path: Path) -> None:
+    """The user's loop, metric, model and data reach Ray's workers: functions in a module
+    beside the launching script, imported by name there."""
+    script = tmp_path / "run_ray.py"
+    script.write_text(
+        "from toy_task import macro_f1, make_data, small_cnn, train\n"
+        "import ranksearch\n"
+        "if __name__ == '__main__':\n"
+        f"    ranksearch.optimize({str(EXAMPLE / 'space.yaml')!r}, model=small_cnn,\n"
+        "        data=make_data, train_loop=train, evaluate=macro_f1, metric_name='macro-F1',\n"
+        "        trials=2, backend='ray', workers=2, progress=False)\n")
+    (tmp_path / "toy_task.py").write_text((EXAMPLE / "toy_task.py").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trial 1: macro-F1 " in done.stderr and "baseline l1 4x: macro-F1 " in done.stderr
