@@ -123,21 +123,22 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
     model = copy.deepcopy(model).eval()
     layers = svd.svd_layers(model)
     names = list(layers)
-    bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
-                or "num_batches_tracked" in k}
-    multiple = config.rank_multiple
     batch_size = config.schedule.finetune.batch_size
     results = []
     for energy in energies:
         start = time.perf_counter()
         svd.unprune(model)
         svd.prune_by_energy(model, expand_by_layer(energy, names, groups))
-        plan = svd.compaction_plan(model, rank_multiple=multiple)
-        flops = measure.flops(svd.compact(model, plan, channels_last=False), data.input_shape)
-        _recalibrate_bn(model, data, spec.bn_batches, batch_size, config.precision)
-        accuracy = quality(model, data, config, "val", batch_size=min(spec.proxy_samples, 500),
+        # The compact model (a copy) is the one counted, recalibrated and evaluated: its
+        # FLOPs and proxy accuracy describe the same model, and its thin layers make both
+        # forward passes cheaper than the masked full-rank one.
+        candidate = svd.compact(model, svd.compaction_plan(model,
+                                                           rank_multiple=config.rank_multiple))
+        flops = measure.flops(candidate, data.input_shape)
+        _recalibrate_bn(candidate, data, spec.bn_batches, batch_size, config.precision)
+        accuracy = quality(candidate, data, config, "val",
+                           batch_size=min(spec.proxy_samples, 500),
                            precision=config.precision, samples=spec.proxy_samples)
-        model.load_state_dict(bn_state, strict=False)
         results.append(Candidate(energy, flops, accuracy,
                                  sum(int(layer.rank) for layer in layers.values()),
                                  time.perf_counter() - start, source))

@@ -7,7 +7,9 @@ For each space (the digits quickstart, the Fashion-MNIST benchmark) and seed (0,
   thresholds the sampler picks), ``--single-trials`` complete trials (default: the file's);
 * ``multi_fidelity``: the same space with ``sweep`` (thresholds swept without fine-tuning,
   the most promising promoted to fine-tuned trials) and ``energy_trials_per_model: 1``, run
-  trial by trial until its CPU time reaches that of the ``single`` study of the same seed.
+  trial by trial while one more trial brings its CPU time nearer that of the ``single`` study
+  of the same seed (a trial's cost estimated from the last one of its kind: fine-tuning a
+  queued candidate, or SVD-training a new model).
 
 Both run in this process, one study at a time (run nothing else heavy meanwhile), from the
 same dense reference (trained once per space and copied into each run directory, so its
@@ -67,30 +69,50 @@ def space(name: str, design: str, seed: int) -> dict[str, Any]:
 
 def run_study(work: Path, name: str, design: str, seed: int, reference: Path,
               trials: int | None, budget: float | None) -> dict[str, Any]:
-    """Run one study to ``trials`` complete trials, or trial by trial until its CPU time
-    reaches ``budget``; its CPU time is kept in the run directory across interruptions."""
+    """Run one study to ``trials`` complete trials, or trial by trial while one more trial
+    brings its CPU time nearer ``budget`` (``next_trial_fits``); its CPU time and per-trial
+    costs are kept in the run directory across interruptions."""
     run = RunDir(work / f"{name}-{design}-seed{seed}").create()
     if not (run.path / "cache" / "reference").exists():
         shutil.copytree(reference, run.path / "cache" / "reference")
     config = cfg.loads(yaml.safe_dump(space(name, design, seed)))
     atomic_write_text(run.config_path, cfg.dump(config))
     clock = run.path / "cpu_seconds.json"
-    spent = json.loads(clock.read_text())["cpu_seconds"] if clock.is_file() else 0.0
-    target = trials or config.trials
-    _, _, study = open_run_study(run.path) if (run.path / "study.journal").exists() else (
-        None, None, None)
-    done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) if study else 0
-    while True:
-        if budget is None and done >= target:
-            break
-        if budget is not None and spent >= 0.97 * budget:
-            break
+    record = json.loads(clock.read_text()) if clock.is_file() else {"cpu_seconds": 0.0}
+    record.setdefault("trials", [])
+    done = len(trials_in(run.path, optuna.trial.TrialState.COMPLETE))
+    while (done < (trials or config.trials) if budget is None
+           else next_trial_fits(run.path, record, budget)):
+        queued = bool(trials_in(run.path, optuna.trial.TrialState.WAITING))
         done += 1
         start = time.process_time()
         app.run_search(config.model_copy(update={"trials": done}), run, progress=False)
-        spent += time.process_time() - start
-        clock.write_text(json.dumps({"cpu_seconds": spent}))
-    return summarise(run.path, spent)
+        cost = time.process_time() - start
+        record["cpu_seconds"] += cost
+        record["trials"].append({"cpu_seconds": cost, "queued": queued})
+        clock.write_text(json.dumps(record))
+    return summarise(run.path, record["cpu_seconds"])
+
+
+def trials_in(run: Path, state: optuna.trial.TrialState) -> list[optuna.trial.FrozenTrial]:
+    if not (run / "study.journal").exists():
+        return []
+    return open_run_study(run)[2].get_trials(deepcopy=False, states=(state,))
+
+
+def next_trial_fits(run: Path, record: dict[str, Any], budget: float) -> bool:
+    """Whether one more trial leaves the CPU time nearer ``budget`` than stopping now.
+
+    A trial's cost depends on its kind: a queued one (a promoted candidate, or one reusing a
+    trained model) only fine-tunes; a sampled one SVD-trains a new model first, several times
+    the cost. The next trial is a queued one when the study holds a waiting trial (Optuna runs
+    those first); its cost is taken as that of the last trial of its kind (unknown before the
+    first: run it).
+    """
+    spent = record["cpu_seconds"]
+    queued = bool(trials_in(run, optuna.trial.TrialState.WAITING))
+    same_kind = [t["cpu_seconds"] for t in record["trials"] if t["queued"] == queued]
+    return spent < budget and (not same_kind or spent + same_kind[-1] / 2 < budget)
 
 
 def summarise(run: Path, cpu_seconds: float) -> dict[str, Any]:
