@@ -192,10 +192,11 @@ def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
     base = dict.fromkeys(units, levels[0])
     energies = [base] + [{**base, unit: level} for unit in units for level in levels[1:]]
     probed = _evaluate_candidates(model, energies, data, config, spec, groups, "sensitivity")
-    rows = iter(probed[1:])
-    probes = {unit: [(probed[0].proxy_accuracy, probed[0].flops)]
-              + [(c.proxy_accuracy, c.flops) for c in (next(rows) for _ in levels[1:])]
-              for unit in units}
+    # probed[0] is the base; then each unit's probes, one per level above the first.
+    per_unit = len(levels) - 1
+    probes = {unit: [(c.proxy_accuracy, c.flops) for c in
+                     [probed[0], *probed[1 + i * per_unit:1 + (i + 1) * per_unit]]]
+              for i, unit in enumerate(units)}
     flops = [c.flops for c in candidates]
     targets = np.geomspace(min(flops), max(flops), spec.allocate + 2)[1:-1].tolist()
     # Neighbouring targets may get the same allocation: evaluate it once.

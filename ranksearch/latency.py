@@ -114,6 +114,7 @@ def measure_run(
     if all(previous.get(k) == v for k, v in settings.items()):
         result["models"] = previous.get("models", {})
     found, input_shape = _models(run, config, study)
+    on_disk = previous
     for key, (build, recorded_flops) in found.items():
         if key in result["models"]:
             continue
@@ -132,5 +133,7 @@ def measure_run(
         print(f"{key}: {1e3 * timed:.2f} ms at batch {batch_size}, {1e3 * timed_1:.2f} ms at "
               f"batch 1", file=sys.stderr, flush=True)
         write_json(run.latency_path, result)
-    write_json(run.latency_path, result)
+        on_disk = result
+    if result != on_disk:  # nothing timed now, yet the file is new or from other settings
+        write_json(run.latency_path, result)
     return result
