@@ -13,9 +13,11 @@ Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNI
 
 **Parity.** The same short reference schedule (SGD 0.1, Nesterov, cosine, weight decay 5e-4,
 ``--epochs`` epochs, same seed and batch order) trained in ``fp32+cl`` and in ``bf16+cl``,
-then the test accuracy of each (evaluated in fp32). Parity means within 0.3 point.
+then the test accuracy of each (evaluated in fp32). Parity means within 0.3 point; with
+``--seeds``, one pair per seed (initialisation and batch order) and the mean gap.
 
     python benchmarks/cpu_precision.py --epochs 3
+    python benchmarks/cpu_precision.py --epochs 3 --rounds 0 --seeds 1 2 --out ...  # parity only
 """
 
 from __future__ import annotations
@@ -66,18 +68,18 @@ def step_times(data, kind: str, steps: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def parity(data, epochs: int) -> dict[str, float]:
+def parity(data, epochs: int, seed: int = 0) -> dict[str, float]:
     schedule = Schedule(epochs=epochs, lr=0.1, optimizer="sgd", weight_decay=5e-4,
                         batch_size=128)
     accuracy = {}
     for name in ("fp32+cl", "bf16+cl"):
         precision, channels_last = SETTINGS[name]
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = models.create("resnet20", num_classes=10, in_channels=1)
-        result = fit(model, Phase("reference", data, schedule, seed=0, precision=precision,
+        result = fit(model, Phase("reference", data, schedule, seed=seed, precision=precision,
                                   channels_last=channels_last, desc=name, progress=False))
         accuracy[name] = evaluate(model, data, "test")
-        print(f"{name}: test accuracy {accuracy[name]:.4f} after {epochs} epochs "
+        print(f"seed {seed}, {name}: test accuracy {accuracy[name]:.4f} after {epochs} epochs "
               f"({result.seconds:.0f} s)", flush=True)
     return accuracy
 
@@ -86,16 +88,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="parity schedule")
     parser.add_argument("--steps", type=int, default=10, help="steps per timing round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="0: no timing")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="parity seeds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_precision.json"))
     args = parser.parse_args()
     data = load("fashion-mnist", val_fraction=0.05, seed=0, device="cpu")
     start = time.perf_counter()
-    timing = {kind: step_times(data, kind, args.steps, args.rounds) for kind in ("dense", "svd")}
+    timing = ({kind: step_times(data, kind, args.steps, args.rounds) for kind in ("dense", "svd")}
+              if args.rounds else {})
     for kind, values in timing.items():
         print(kind, {k: f"{v:.3f} s/step ({values['fp32'] / v:.2f}x)" for k, v in values.items()},
               flush=True)
-    accuracy = parity(data, args.epochs) if args.epochs else {}
+    accuracy = {seed: parity(data, args.epochs, seed) for seed in args.seeds} if args.epochs else {}
+    gaps = {seed: 100 * (a["bf16+cl"] - a["fp32+cl"]) for seed, a in accuracy.items()}
     out = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_has_bf16": cpu_has_bf16(), "bf16_resolves_to": resolve_precision("auto", "cpu"),
@@ -107,9 +112,10 @@ def main() -> None:
         "seconds_per_step": timing,
         "speedup_vs_fp32": {kind: {k: values["fp32"] / v for k, v in values.items()}
                             for kind, values in timing.items()},
-        "parity_epochs": args.epochs, "test_accuracy": accuracy,
-        "accuracy_gap_points": (100 * (accuracy["bf16+cl"] - accuracy["fp32+cl"])
-                                if accuracy else None),
+        "parity_epochs": args.epochs,
+        "test_accuracy": {str(seed): a for seed, a in accuracy.items()},
+        "accuracy_gap_points": {str(seed): g for seed, g in gaps.items()},
+        "mean_gap_points": statistics.mean(gaps.values()) if gaps else None,
         "seconds": time.perf_counter() - start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
