@@ -31,3 +31,14 @@ def test_resnet_spaces_reach_the_authors_values(name: str) -> None:
         energy = config.space.energy[decay]
         assert lambda_s.low <= AUTHORS_LAMBDA_S[decay] <= lambda_s.high, decay
         assert energy.low <= AUTHORS_ENERGY[decay] <= energy.high, decay
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_resnet20", "cifar10_resnet20",
+                                  "cifar10_resnet56", "imagenet_resnet18"])
+def test_spaces_with_costly_finetuning_sweep_each_model(name: str) -> None:
+    """Multi-fidelity is the default where a fine-tuning costs many sweep candidates (it was
+    ahead there at equal CPU time); the digits quickstart, where a fine-tuning costs about
+    as much as a whole sweep, keeps one fine-tuned point per trial."""
+    config = cfg.load(SPACES / f"{name}.yaml")
+    assert config.space.sweep is not None and config.space.energy_trials_per_model == 1
+    assert cfg.load(SPACES / "digits_quickstart.yaml").space.sweep is None
