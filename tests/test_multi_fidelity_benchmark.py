@@ -1,0 +1,27 @@
+"""The multi-fidelity benchmark's stopping rule: equal CPU time within one trial's cost."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "multi_fidelity" / "run.py"
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("multi_fidelity_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_more_trial_runs_only_when_it_lands_nearer_the_budget(tmp_path) -> None:
+    benchmark = _benchmark()
+    record = {"cpu_seconds": 60.0, "trials": [{"cpu_seconds": 14.0, "queued": False},
+                                              {"cpu_seconds": 4.0, "queued": True}]}
+    # No study yet, so nothing queued: the next trial trains a new model, priced at 14 s.
+    assert benchmark.next_trial_fits(tmp_path, record, budget=70.0)  # 74 is nearer 70 than 60
+    assert not benchmark.next_trial_fits(tmp_path, record, budget=66.0)  # 60 is nearer than 74
+    assert not benchmark.next_trial_fits(tmp_path, {**record, "cpu_seconds": 70.0}, budget=70.0)
+    # The first trial of a kind has no price yet: it runs.
+    assert benchmark.next_trial_fits(tmp_path, {"cpu_seconds": 60.0, "trials": []}, budget=66.0)
