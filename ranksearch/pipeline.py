@@ -43,8 +43,8 @@ from .train import (
 
 __all__ = [
     "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
-    "expand_by_layer", "measured", "deployable", "svd_trained", "svd_key", "train", "quality",
-    "training_loop", "metric",
+    "svd_layer_groups", "expand_by_layer", "measured", "deployable", "svd_trained", "svd_key",
+    "train", "quality", "training_loop", "metric",
 ]
 
 
@@ -65,6 +65,14 @@ def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
         num_classes=spec.num_classes or data.num_classes,
         in_channels=spec.in_channels or data.input_shape[0],
     )
+
+
+def svd_layer_groups(config: cfg.StudyConfig, dense: nn.Module) -> dict[str, str]:
+    """The group of each layer that SVD training decomposes in ``dense``: its
+    :func:`ranksearch.models.layer_groups` group, or its own name where it has none."""
+    groups = models.layer_groups(dense)
+    return {name: groups.get(name, name)
+            for name in svd.decomposable(dense, exclude=tuple(config.model.exclude))}
 
 
 @functools.lru_cache(maxsize=4)

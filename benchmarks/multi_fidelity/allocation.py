@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ranksearch import config as cfg
-from ranksearch import fidelity, models, pipeline, svd
+from ranksearch import fidelity, pipeline
 from ranksearch.dominance import hypervolume_2d, nondominated
 from ranksearch.search.space import granularity_units
 from ranksearch.search.study import open_run_study
@@ -54,10 +54,7 @@ def main() -> None:
         space = space.model_copy(update={"granularity": "stage"})
     config = config.model_copy(update={"space": space})
     dense, ref_metrics = pipeline.reference(config, run, progress=False)
-    # The groups of the layers SVD training decomposes, as the search's objective has them.
-    groups = models.layer_groups(dense)
-    groups = {name: groups.get(name, name)
-              for name in svd.decomposable(dense, exclude=tuple(config.model.exclude))}
+    groups = pipeline.svd_layer_groups(config, dense)
     units = granularity_units(space, groups)
     rows = []
     trained = [t for t in study.get_trials(deepcopy=False)

@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 
 from .. import config as cfg
-from .. import fidelity, objectives, svd
-from ..pipeline import TrialFailed, build_model, dataset, run_trial
+from .. import fidelity, objectives
+from ..pipeline import TrialFailed, build_model, dataset, run_trial, svd_layer_groups
 from ..runs import RunDir
 from ..train import MetricFailed
 from .space import energy_params, granularity_units, suggest, training_param_names
@@ -41,12 +41,8 @@ class Objective:
     def layer_groups(self) -> dict[str, str]:
         """Group of each layer that SVD training decomposes."""
         if self._layer_groups is None:
-            from ..models import layer_groups
-
             dense = build_model(self.config, dataset(self.config))
-            names = svd.decomposable(dense, exclude=tuple(self.config.model.exclude))
-            groups = layer_groups(dense)
-            self._layer_groups = {name: groups.get(name, name) for name in names}
+            self._layer_groups = svd_layer_groups(self.config, dense)
         return self._layer_groups
 
     def __call__(self, trial: optuna.Trial) -> TrialOutcome:
