@@ -15,13 +15,15 @@ def _benchmark():
     return module
 
 
-def test_one_more_trial_runs_only_when_it_lands_nearer_the_budget(tmp_path) -> None:
-    benchmark = _benchmark()
+def test_one_more_trial_runs_only_when_it_lands_nearer_the_budget() -> None:
+    fits = _benchmark().next_trial_fits
     record = {"cpu_seconds": 60.0, "trials": [{"cpu_seconds": 14.0, "queued": False},
                                               {"cpu_seconds": 4.0, "queued": True}]}
-    # No study yet, so nothing queued: the next trial trains a new model, priced at 14 s.
-    assert benchmark.next_trial_fits(tmp_path, record, budget=70.0)  # 74 is nearer 70 than 60
-    assert not benchmark.next_trial_fits(tmp_path, record, budget=66.0)  # 60 is nearer than 74
-    assert not benchmark.next_trial_fits(tmp_path, {**record, "cpu_seconds": 70.0}, budget=70.0)
+    # A sampled trial trains a new model, priced at 14 s.
+    assert fits(record, queued=False, budget=70.0)  # 74 is nearer 70 than 60
+    assert not fits(record, queued=False, budget=66.0)  # 60 is nearer than 74
+    assert not fits({**record, "cpu_seconds": 70.0}, queued=False, budget=70.0)
+    # A queued trial only fine-tunes, priced at 4 s: 64 is nearer 66 than 60.
+    assert fits(record, queued=True, budget=66.0)
     # The first trial of a kind has no price yet: it runs.
-    assert benchmark.next_trial_fits(tmp_path, {"cpu_seconds": 60.0, "trials": []}, budget=66.0)
+    assert fits({"cpu_seconds": 60.0, "trials": []}, queued=False, budget=66.0)

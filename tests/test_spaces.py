@@ -41,4 +41,7 @@ def test_spaces_with_costly_finetuning_sweep_each_model(name: str) -> None:
     as much as a whole sweep, keeps one fine-tuned point per trial."""
     config = cfg.load(SPACES / f"{name}.yaml")
     assert config.space.sweep is not None and config.space.energy_trials_per_model == 1
+
+
+def test_quickstart_keeps_one_point_per_trial() -> None:
     assert cfg.load(SPACES / "digits_quickstart.yaml").space.sweep is None

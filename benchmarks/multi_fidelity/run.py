@@ -81,9 +81,12 @@ def run_study(work: Path, name: str, design: str, seed: int, reference: Path,
     record = json.loads(clock.read_text()) if clock.is_file() else {"cpu_seconds": 0.0}
     record.setdefault("trials", [])
     done = len(trials_in(run.path, optuna.trial.TrialState.COMPLETE))
-    while (done < (trials or config.trials) if budget is None
-           else next_trial_fits(run.path, record, budget)):
+    while True:
+        # Optuna runs waiting trials first: then the next one is a queued one.
         queued = bool(trials_in(run.path, optuna.trial.TrialState.WAITING))
+        if (done >= (trials or config.trials) if budget is None
+                else not next_trial_fits(record, queued, budget)):
+            break
         done += 1
         start = time.process_time()
         app.run_search(config.model_copy(update={"trials": done}), run, progress=False)
@@ -100,17 +103,16 @@ def trials_in(run: Path, state: optuna.trial.TrialState) -> list[optuna.trial.Fr
     return open_run_study(run)[2].get_trials(deepcopy=False, states=(state,))
 
 
-def next_trial_fits(run: Path, record: dict[str, Any], budget: float) -> bool:
-    """Whether one more trial leaves the CPU time nearer ``budget`` than stopping now.
+def next_trial_fits(record: dict[str, Any], queued: bool, budget: float) -> bool:
+    """Whether one more trial, ``queued`` or not, leaves the CPU time nearer ``budget`` than
+    stopping now.
 
     A trial's cost depends on its kind: a queued one (a promoted candidate, or one reusing a
     trained model) only fine-tunes; a sampled one SVD-trains a new model first, several times
-    the cost. The next trial is a queued one when the study holds a waiting trial (Optuna runs
-    those first); its cost is taken as that of the last trial of its kind (unknown before the
-    first: run it).
+    the cost. Its cost is taken as that of the last trial of its kind in ``record`` (unknown
+    before the first: run it).
     """
     spent = record["cpu_seconds"]
-    queued = bool(trials_in(run, optuna.trial.TrialState.WAITING))
     same_kind = [t["cpu_seconds"] for t in record["trials"] if t["queued"] == queued]
     return spent < budget and (not same_kind or spent + same_kind[-1] / 2 < budget)
 
