@@ -5,7 +5,10 @@ Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNI
 * ``fp32``: NCHW, fp32 (the default of the shipped spaces before bf16 on CPUs);
 * ``fp32+cl``: channels_last;
 * ``bf16+cl``: channels_last and bf16 autocast (``precision: auto`` on a CPU with
-  AVX512-BF16/AMX), regularisers in fp32.
+  AVX512-BF16/AMX), regularisers and batch norm outputs in fp32
+  (``ranksearch.train.fp32_batch_norms``).
+
+All three step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
 **Speed.** Seconds per training step (batch 128) of the dense model and of the SVD model
 (channel scheme, orthogonality + Hoyer), the three settings alternating in rounds of

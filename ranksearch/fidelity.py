@@ -36,7 +36,7 @@ from .data import Dataset
 from .dominance import hypervolume_contributions, nondominated
 from .pipeline import dataset, expand_by_layer, quality, reference, svd_key, svd_trained
 from .runs import RunDir, read_json, write_json
-from .train import autocast
+from .train import autocast, fp32_batch_norms, resolve_precision
 
 __all__ = ["Candidate", "energy_candidates", "sweep", "promote", "allocate"]
 
@@ -110,10 +110,13 @@ def _recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: i
     device = next(model.parameters()).device
     # Shuffled and augmented as in training, the same batches for every candidate.
     generator = torch.Generator().manual_seed(0)
-    for x, _ in data.batches("train", batch_size, train=True, generator=generator,
-                             limit=batches):
-        with autocast(device, precision):
-            model(x)
+    # The statistics of the activations as training computed them (bf16 convolutions,
+    # fp32 batch norm outputs, when the study trains in bf16).
+    with fp32_batch_norms(model, resolve_precision(precision, device.type)):
+        for x, _ in data.batches("train", batch_size, train=True, generator=generator,
+                                 limit=batches):
+            with autocast(device, precision):
+                model(x)
     model.eval()
 
 

@@ -44,14 +44,43 @@ def test_training_runs_in_bf16_and_regularisers_in_fp32() -> None:
         seen["dtype"] = loss.dtype
         return loss
 
-    logits_dtypes = []
+    logits_dtypes, block_dtypes = [], []
     model.fc.register_forward_hook(lambda _m, _i, out: logits_dtypes.append(out.dtype))
+    # What a residual block adds and passes on: fp32 (batch norms return fp32 under bf16).
+    model.layer1[0].register_forward_hook(lambda _m, _i, out: block_dtypes.append(out.dtype))
     schedule = Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=32, max_batches=2)
     train.fit(model, train.Phase("svd", data, schedule, seed=0, regulariser=regulariser,
                                  precision="auto", channels_last=True, progress=False))
     assert logits_dtypes[0] == torch.bfloat16
+    assert block_dtypes[0] == torch.float32
     assert seen == {"autocast": False, "dtype": torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    # The batch norms return to what they were once the phase ends.
+    assert not any(m._forward_hooks for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.bn1(torch.randn(2, 16, 4, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_batch_norms_untouched_outside_bf16() -> None:
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    with train.fp32_batch_norms(model, "fp32"):
+        assert not any(m._forward_hooks for m in model.modules())
+    with train.fp32_batch_norms(model, "bf16"):
+        x = torch.randn(2, 16, 4, 4, dtype=torch.bfloat16)
+        assert model.bn1(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_phase_optimizer_is_fused_on_the_cpu(name: str) -> None:
+    data = load("digits", val_fraction=0.2, seed=0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    schedule = Schedule(epochs=1, lr=0.1, optimizer=name, momentum=0.9, batch_size=32,
+                        max_batches=1)
+    optimizer = train.Phase("reference", data, schedule, seed=0).optimizer(model)
+    assert optimizer.defaults["fused"] is True
+    before = model.fc.weight.detach().clone()
+    train.fit(model, train.Phase("reference", data, schedule, seed=0, progress=False))
+    assert not torch.equal(before, model.fc.weight)
 
 
 def test_deployed_model_folds_batchnorm_and_is_channels_last() -> None:

@@ -300,11 +300,12 @@ def test_set_ranks_keeps_largest_magnitudes() -> None:
         svd.set_ranks(model, {"0": 0})
 
 
-def test_mask_keeps_pruned_values_at_zero_through_optimizer_step() -> None:
+@pytest.mark.parametrize("fused", [False, True])  # training fuses it (Phase.optimizer)
+def test_mask_keeps_pruned_values_at_zero_through_optimizer_step(fused: bool) -> None:
     torch.manual_seed(0)
     model = svd.decompose(_resnet20()).train()
     svd.prune_by_energy(model, 0.3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3, fused=fused)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     loss = (nn.functional.cross_entropy(model(x), y) + svd.orthogonality_loss(model)
             + svd.sparsity_loss(model, "l1", 1e-2))
