@@ -7,13 +7,18 @@ compact model is timed against the dense one. Efficiency = measured speedup ÷ F
 reduction: 1 means the CPU turns every saved FLOP into time.
 
 Weights are random: latency does not depend on their values, only the ranks do, and those
-are set directly here. FLOPs come from ``ranksearch.measure.flops`` (batch size 1). With
-``--clock wall`` (default) latencies come from ``ranksearch.measure.latency`` (median of
-``--repeats`` passes, the dense and compact models alternating over ``--rounds`` rounds,
-best round kept); with ``--clock cpu`` both models are timed pass by pass, alternating, in
-process CPU time, keeping the fastest pass, which is what to use with ``--threads 1`` on a
-machine shared with other jobs. The speedup always compares the two models timed in the
-same window.
+are set directly here. FLOPs come from ``ranksearch.measure.flops`` (batch size 1). The dense
+and the compact model are timed pass by pass, alternating, ``--passes`` times each, and the
+fastest pass of each is kept: load from other processes only adds time and hits both alike.
+``--clock wall`` (default) times wall time; ``--clock cpu`` this process's CPU time, what to
+use with ``--threads 1`` on a machine shared with other jobs. Where two variants give the same
+structure (e.g. every rank rounded to 16 or by the default rule), it is timed once and the row
+says which variant it shares.
+
+Amdahl's bound: the share of the dense model's time spent in convolutions and matrix
+products (``torch.profiler``) is all that can shrink with the ranks; pooling, activations and
+residual additions stay. ``efficiency_bound`` is the efficiency at the row's reduction if the
+compute ops took time exactly in proportion to their FLOPs and the rest stayed.
 
 Variants (the dense model gets the same treatment, so the comparison stays like with like):
 
@@ -37,9 +42,7 @@ Variants (the dense model gets the same treatment, so the comparison stays like 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
 import platform
 import time
@@ -59,6 +62,9 @@ CASES = [  # model, input shape (C, H, W), batch size
 ]
 TARGETS = (2.0, 3.0, 4.0)
 # variant: (rank multiple, deployed form, merge rule)
+# Operators whose time scales with FLOPs: convolutions and the classifier's matrix product.
+COMPUTE_OPS = {"aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::addmm",
+               "aten::mm"}
 VARIANTS = {
     "naive": (1, False, "flops"),
     "deployed": (None, True, "flops"),
@@ -94,52 +100,42 @@ def fraction_for(
     return low
 
 
-def cpu_latencies(models_: tuple[nn.Module, ...], input_shape: tuple, batch: int,
-                  passes: int) -> list[float]:
-    """Fastest pass of each model, timed with this process's CPU time and alternating the
-    models pass by pass. With one thread this is the work done, unaffected by waiting for a
-    core on a machine shared with other jobs; interference only adds time, hence the min."""
-    copies = [copy.deepcopy(model).eval() for model in models_]
-    x = torch.randn(batch, *input_shape)
-    best = [math.inf] * len(copies)
+def compute_share(model: nn.Module, input_shape: tuple, batch: int) -> float:
+    """Share of ``model``'s forward time spent in convolutions and matrix products, from
+    :mod:`torch.profiler` (self CPU time of each operator). The rest (pooling, activations,
+    residual additions, ...) does not shrink with the ranks, which bounds the efficiency any
+    rank choice can reach. The profiler's per-operator overhead counts as the rest, so the
+    share is slightly low and the bound slightly pessimistic."""
+    x = measure.example_input(model, input_shape, batch)
     with torch.inference_mode():
-        for model in copies:
-            for _ in range(3):
+        for _ in range(3):
+            model(x)
+        with torch.profiler.profile() as profiler:
+            for _ in range(5):
                 model(x)
-        for _ in range(passes):
-            for i, model in enumerate(copies):
-                start = time.process_time()
-                model(x)
-                best[i] = min(best[i], time.process_time() - start)
-    return best
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    return sum(event.self_cpu_time_total for event in events if event.key in COMPUTE_OPS) / total
 
 
-def paired_latency(
-    dense: nn.Module, compacted: nn.Module, input_shape: tuple, batch: int, args
-) -> tuple[float, float]:
-    """Latency of the dense and the compact model, measured alike (see ``--clock``)."""
-    if args.clock == "cpu":
-        dense_seconds, compact_seconds = cpu_latencies(
-            (dense, compacted), input_shape, batch, args.repeats * args.rounds)
-        return dense_seconds, compact_seconds
-    best = [math.inf, math.inf]
-    for _ in range(args.rounds):
-        for i, model in enumerate((dense, compacted)):
-            seconds = measure.latency(model, input_shape, batch_size=batch,
-                                      repeats=args.repeats, warmup=3)
-            best[i] = min(best[i], seconds)
-    return best[0], best[1]
+def efficiency_bound(share: float, reduction: float) -> float:
+    """The efficiency if the compute ops took time in proportion to their FLOPs and the rest
+    stayed as it is (Amdahl): speedup ``1 / (share / reduction + 1 - share)`` ÷ reduction."""
+    return 1 / (share + (1 - share) * reduction)
 
 
 def run_case(name: str, input_shape: tuple, batch: int, args, report: Callable) -> None:
     torch.manual_seed(0)
     dense = models.create(name, num_classes=1000 if name == "resnet18" else 10).eval()
     dense_flops = measure.flops(dense, input_shape)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    share = compute_share(svd.for_inference(dense), input_shape, batch)
     decomposed = svd.decompose(dense, args.scheme).eval()
     multiples = {multiple for multiple, _, _ in VARIANTS.values()}
     for target in TARGETS:
         fractions = {m: fraction_for(decomposed, dense_flops, target, input_shape, m)
                      for m in multiples}
+        timed: dict[tuple, tuple[str, float, float]] = {}  # structure: variant, dense, compact
         for variant, (multiple, deployed, merge) in VARIANTS.items():
             set_fraction(decomposed, fractions[multiple])
             example = torch.randn(batch, *input_shape)
@@ -147,22 +143,33 @@ def run_case(name: str, input_shape: tuple, batch: int, args, report: Callable) 
                 example = example.contiguous(memory_format=torch.channels_last)
             plan = svd.compaction_plan(decomposed, merge=merge, rank_multiple=multiple,
                                        example_input=example)
+            structure = (deployed, tuple(sorted(plan.items())))
+            if structure in timed:  # another variant gave the same model: one timing, not two
+                same_as, dense_seconds, compact_seconds = timed[structure]
+            else:
+                compacted = svd.compact(decomposed, plan, channels_last=deployed)
+                treated = ((svd.for_inference(dense), svd.for_inference(compacted)) if deployed
+                           else (dense, compacted))
+                # Both timed in the same window: the ratio holds even when the load drifts.
+                dense_seconds, compact_seconds = measure.fastest_passes(
+                    treated, input_shape, batch, args.passes, clock)
+                same_as = None
+                timed[structure] = (variant, dense_seconds, compact_seconds)
             compacted = svd.compact(decomposed, plan, channels_last=deployed)
-            flops = measure.flops(compacted, input_shape)
-            treated = ((svd.for_inference(dense), svd.for_inference(compacted)) if deployed
-                       else (dense, compacted))
-            dense_seconds, compact_seconds = paired_latency(*treated, input_shape, batch, args)
-            # Both timed in the same window: the ratio holds even when the load drifts.
+            reduction = dense_flops / measure.flops(compacted, input_shape)
             speedup = dense_seconds / compact_seconds
             report({
                 "model": name, "input": list(input_shape), "batch": batch, "target": target,
                 "variant": variant, "rank_multiple": multiple,
                 "rank_fraction": round(fractions[multiple], 4),
                 "merged_layers": sum(rank is None for rank in plan.values()),
-                "dense_flops": dense_flops, "compact_flops": flops,
-                "flops_reduction": dense_flops / flops,
+                "same_structure_as": same_as,
+                "dense_flops": dense_flops, "compact_flops": dense_flops / reduction,
+                "flops_reduction": reduction,
                 "dense_ms": dense_seconds * 1e3, "compact_ms": compact_seconds * 1e3,
-                "speedup": speedup, "efficiency": speedup / (dense_flops / flops),
+                "speedup": speedup, "efficiency": speedup / reduction,
+                "dense_compute_share": share,
+                "efficiency_bound": efficiency_bound(share, reduction),
             })
 
 
@@ -172,13 +179,11 @@ def main() -> None:
     parser.add_argument("--scheme", choices=("channel", "spatial"), default="channel")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the timings (default: PyTorch's)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed passes per latency")
+    parser.add_argument("--passes", type=int, default=40,
+                        help="timed passes of each model, the two alternating; the fastest kept")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: ranksearch.measure.latency (median of --repeats passes, "
-                             "best of --rounds); cpu: fastest of all passes in process CPU "
-                             "time, models alternating (use with --threads 1 on a busy "
-                             "machine)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating latency rounds")
+                        help="wall: wall time (what a user waits for); cpu: this process's CPU "
+                             "time (use with --threads 1 on a busy machine)")
     parser.add_argument("--models", nargs="*", default=None,
                         help="only these cases, as name:batch (e.g. resnet20:1)")
     args = parser.parse_args()
@@ -188,7 +193,7 @@ def main() -> None:
     rows: list[dict] = []
     header = (f"{'model':<9} {'batch':>5} {'target':>6} {'variant':<22} {'frac':>5} "
               f"{'merged':>6} {'FLOPs red':>9} {'dense ms':>9} {'comp ms':>8} {'speedup':>7} "
-              f"{'eff':>5}")
+              f"{'eff':>5} {'bound':>5}")
     print(f"scheme={args.scheme}, threads={torch.get_num_threads()}, clock={args.clock}, "
           "random weights")
     print(header)
@@ -198,7 +203,8 @@ def main() -> None:
         print(f"{row['model']:<9} {row['batch']:>5} {row['target']:>6.1f} {row['variant']:<22} "
               f"{row['rank_fraction']:>5.2f} {row['merged_layers']:>6} "
               f"{row['flops_reduction']:>9.2f} {row['dense_ms']:>9.2f} {row['compact_ms']:>8.2f} "
-              f"{row['speedup']:>7.2f} {row['efficiency']:>5.2f}", flush=True)
+              f"{row['speedup']:>7.2f} {row['efficiency']:>5.2f} "
+              f"{row['efficiency_bound']:>5.2f}", flush=True)
 
     start = time.perf_counter()
     for name, input_shape, batch in CASES:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -21,11 +22,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .conventions import FLOPS_CONVENTION
 
-__all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "is_channels_last", "num_threads"]
+__all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "fastest_passes", "example_input",
+           "is_channels_last", "num_threads"]
 
 
-
-def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+def example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
     """A random batch on the model's device and dtype, channels_last when the model's
     convolutions are (the input a deployed channels_last model receives)."""
     first = next(model.parameters(), None)
@@ -57,7 +58,7 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            model(_example_input(model, input_shape, 1))
+            model(example_input(model, input_shape, 1))
         return int(counter.get_total_flops())
     finally:
         model.train(was_training)
@@ -83,7 +84,7 @@ def latency(
     for the measurement and restores it after.
     """
     cpu_model = copy.deepcopy(model).cpu().eval()
-    x = _example_input(cpu_model, input_shape, batch_size)
+    x = example_input(cpu_model, input_shape, batch_size)
     with num_threads(threads):
         times = []
         with torch.inference_mode():
@@ -94,6 +95,38 @@ def latency(
                 cpu_model(x)
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
+
+
+def fastest_passes(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    passes: int = 40,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Seconds of the fastest forward pass of each model on the CPU, the models alternating
+    pass by pass, ``passes`` timed passes each after 3 untimed ones: a comparison of models.
+
+    Load from other processes only ever adds time, so the fastest pass is the least
+    disturbed one, and alternating exposes every model to the same load; :func:`latency`
+    (median) is the figure of one model as a user would see it. ``clock`` is wall time by
+    default; ``time.process_time`` (this process's CPU time) measures the work done, which
+    on one thread does not count waiting for a core on a machine shared with other jobs.
+    The input (:func:`example_input` of the first model) is the same for all.
+    """
+    copies = [copy.deepcopy(model).cpu().eval() for model in models]
+    x = example_input(copies[0], input_shape, batch_size)
+    best = [math.inf] * len(copies)
+    with torch.inference_mode():
+        for model in copies:
+            for _ in range(3):
+                model(x)
+        for _ in range(passes):
+            for i, model in enumerate(copies):
+                start = clock()
+                model(x)
+                best[i] = min(best[i], clock() - start)
+    return best
 
 
 @contextlib.contextmanager

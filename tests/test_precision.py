@@ -103,3 +103,11 @@ def test_deployed_model_folds_batchnorm_and_is_channels_last() -> None:
         multiple = 16 if layer.full_rank >= 128 else 8
         assert svd.rank_multiple_for(layer) == multiple
         assert rank is None or rank % multiple == 0 or rank == layer.full_rank
+
+
+def test_fastest_passes_compares_models_on_the_same_input() -> None:
+    small = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).train()
+    large = nn.Sequential(nn.Conv2d(3, 256, 3), nn.Conv2d(256, 256, 3)).train()
+    fast, slow = measure.fastest_passes((small, large), (3, 32, 32), batch_size=4, passes=5)
+    assert 0 < fast < slow  # 2,000x the FLOPs: no load makes it faster than the small one
+    assert small.training and large.training  # timed copies in eval mode, not the models
