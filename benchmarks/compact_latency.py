@@ -62,9 +62,11 @@ CASES = [  # model, input shape (C, H, W), batch size
 ]
 TARGETS = (2.0, 3.0, 4.0)
 # variant: (rank multiple, deployed form, merge rule)
-# Operators whose time scales with FLOPs: convolutions and the classifier's matrix product.
-COMPUTE_OPS = {"aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::addmm",
-               "aten::mm"}
+# Operators whose time scales with FLOPs: convolutions (oneDNN's, or PyTorch's im2col kernel,
+# which small convolutions at batch 1 get) and the classifier's matrix product.
+COMPUTE_OPS = {"aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+               "aten::_nnpack_spatial_convolution", "aten::convolution_overrideable",
+               "aten::addmm", "aten::mm"}
 VARIANTS = {
     "naive": (1, False, "flops"),
     "deployed": (None, True, "flops"),
