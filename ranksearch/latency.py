@@ -33,7 +33,7 @@ from .errors import UserError
 from .runs import RunDir, load_state, read_json, write_json
 from .search.study import open_run_study
 
-__all__ = ["measure_run"]
+__all__ = ["measure_run", "run_models"]
 
 
 def _cpu_name() -> str:
@@ -83,6 +83,19 @@ def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
 
         found[f"baseline:{method}-{target:g}x"] = (pruned, float(metrics["flops"]))
     return found, input_shape
+
+
+def run_models(run_dir: str | Path) -> tuple[dict[str, Builder], tuple[int, ...]]:
+    """The models :func:`measure_run` times, each as a function that builds its deployed form
+    (``reference``, ``trial:<number>``, ``baseline:<method>-<target>x``), and their input
+    shape. A baseline is rebuilt by pruning the cached reference again.
+
+    Raises:
+        UserError: no such run directory, or no trial with a saved model.
+    """
+    run, config, study = open_run_study(run_dir)
+    found, input_shape = _models(run, config, study)
+    return {key: build for key, (build, _) in found.items()}, input_shape
 
 
 def measure_run(
