@@ -99,3 +99,14 @@ def test_several_workers_timing_latency_are_told_to_time_again(tiny_space, tmp_p
         warnings.simplefilter("error")
         app.run_search(config, run, workers=1)
     assert len(ran) == 2
+
+
+def test_run_models_builds_what_latency_times(run_with_baselines):
+    from ranksearch.latency import run_models
+
+    builders, input_shape = run_models(run_with_baselines)
+    assert set(builders) == {"reference", "trial:0", "trial:1", "baseline:l1-2x"}
+    baseline = read_json(run_with_baselines / "baselines" / "l1-2x" / "metrics.json")
+    pruned = builders["baseline:l1-2x"]()
+    assert measure.flops(pruned, input_shape) == baseline["flops"]
+    assert not pruned.training and measure.is_channels_last(pruned)
