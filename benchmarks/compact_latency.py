@@ -178,7 +178,7 @@ def run_case(name: str, input_shape: tuple, batch: int, args, report: Callable) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compact_latency.json"))
-    parser.add_argument("--scheme", choices=("channel", "spatial"), default="channel")
+    parser.add_argument("--scheme", choices=svd.SCHEMES, default="channel")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the timings (default: PyTorch's)")
     parser.add_argument("--passes", type=int, default=40,

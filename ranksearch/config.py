@@ -55,7 +55,7 @@ __all__ = [
 # choices live here or in torch-free modules (dataset names: ranksearch.datasets), not in
 # svd/, which imports torch and nothing of ranksearch: its SCHEMES and SPARSITY_KINDS are
 # checked equal to these by tests/test_bad_input.py.
-Scheme = Literal["channel", "spatial"]
+Scheme = Literal["channel", "spatial", "pointwise_first"]
 Decay = Literal["l1", "hoyer", "hoyer_square", "none"]
 Init = Literal["svd", "random"]
 Granularity = Literal["global", "stage", "layer"]

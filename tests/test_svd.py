@@ -49,7 +49,7 @@ def _is_plain_torch(model: nn.Module) -> bool:
 # -- decomposition keeps the function ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
 @pytest.mark.parametrize(
     ("name", "shape"),
     [("resnet20", (2, 3, 32, 32)), ("resnet18", (1, 3, 64, 64)),
@@ -91,7 +91,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("mode", ["dense", "factored"])
-@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_geometry_exact_at_full_rank(case: dict, scheme: str, mode: str) -> None:
     torch.manual_seed(0)
@@ -116,6 +116,26 @@ def test_spatial_arrangement() -> None:
     n, c, i, j = 2, 1, 3, 4
     assert matrix[c * 4 + i, n * 5 + j] == conv.weight[n, c, i, j]
     torch.testing.assert_close(layer.dense_weight(), conv.weight, atol=1e-6, rtol=1e-5)
+
+
+def test_pointwise_first_arrangement() -> None:
+    """Rows (n, i, j) and columns c of the decomposed matrix hold W[n, c, i, j]; the pair is a
+    1×1 conv c → r, then the kh × kw conv r → n with the original geometry."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, (4, 5), stride=2, padding=(1, 2))
+    layer = svd.SVDConv2d.from_dense(conv, "pointwise_first")
+    matrix = layer.matrix_from_weight(conv.weight)
+    assert matrix.shape == (3 * 4 * 5, 2) == (layer.U.shape[0], layer.V.shape[0])
+    n, c, i, j = 2, 1, 3, 4
+    assert matrix[(n * 4 + i) * 5 + j, c] == conv.weight[n, c, i, j]
+    model = nn.Sequential(layer)
+    svd.set_ranks(model, {"0": 1})
+    (pair,) = svd.compact(model, {"0": 1}).children()
+    assert (pair[0].kernel_size, pair[0].stride, pair[0].in_channels, pair[0].out_channels) == (
+        (1, 1), (1, 1), 2, 1)
+    assert (pair[1].kernel_size, pair[1].stride, pair[1].padding) == ((4, 5), (2, 2), (1, 2))
+    # FLOPs: the 1×1 conv at every input position, the kh × kw conv at every output one.
+    assert layer.factored_flops((1, 2, 9, 11)) == measure.flops(pair, (2, 9, 11))
 
 
 def test_linear_exact_both_modes() -> None:
@@ -343,7 +363,7 @@ def test_forward_mode_auto() -> None:
 # -- compaction --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
 def test_compact_reproduces_pruned_model(scheme: str) -> None:
     dense, model = _pruned(scheme)
     compacted = svd.compact(model)
@@ -365,6 +385,8 @@ def test_compact_reproduces_pruned_model(scheme: str) -> None:
         (lambda: nn.Conv2d(4, 8, 3, padding=1), "channel", 6, 7),
         # spatial: r · (4·3 + 8·3) < 288 ⇔ r ≤ 7
         (lambda: nn.Conv2d(4, 8, 3, padding=1), "spatial", 7, 8),
+        # pointwise-first: r · (4 + 8·9) < 288 ⇔ r ≤ 3
+        (lambda: nn.Conv2d(4, 8, 3, padding=1), "pointwise_first", 3, 4),
         # linear: r · (10 + 6) < 60 ⇔ r ≤ 3
         (lambda: nn.Linear(10, 6), "channel", 3, 4),
     ],
@@ -412,7 +434,7 @@ def test_flops_of_compact_pair_match_formula() -> None:
     assert measure.flops(compacted, (c, height, width)) == 2 * height * width * r * (c * 9 + n)
 
 
-@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
 def test_build_compact_state_dict_round_trip(scheme: str) -> None:
     model = svd.decompose(_resnet20(), scheme, exclude=("fc",)).eval()
     svd.prune_by_energy(model, 0.3)

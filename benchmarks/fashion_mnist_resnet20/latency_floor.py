@@ -41,7 +41,7 @@ def floor_structures() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     dense = models.create("resnet20", num_classes=10, in_channels=1).eval()
     structures = {"dense": svd.for_inference(dense)}
-    for scheme in ("channel", "spatial"):
+    for scheme in ("channel", "spatial", "pointwise_first"):
         decomposed = svd.decompose(dense, scheme, exclude=EXCLUDE).eval()
         for rank in RANKS:
             svd.set_ranks(decomposed, {name: min(rank, layer.full_rank)

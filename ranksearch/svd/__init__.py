@@ -21,12 +21,13 @@ from .compact import (
 from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
 from .inference import fold_batchnorm, for_inference, to_channels_last
-from .layers import DenseConv2d, DenseLinear, SVDLayer, SVDLinear
+from .layers import SCHEMES, DenseConv2d, DenseLinear, SVDLayer, SVDLinear
 from .prune import prune_by_energy, ranks_at_energy, set_ranks, unprune
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
 
 __all__ = [
     "RANK_MULTIPLE",
+    "SCHEMES",
     "SPARSITY_KINDS",
     "DenseConv2d",
     "DenseLinear",

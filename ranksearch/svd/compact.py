@@ -8,7 +8,9 @@ removed and ``s`` folded into the factor built from ``U``:
 * channel ``Conv2d``: ``Conv2d(c, k, (kh, kw))`` with the original stride, padding and
   dilation, then ``Conv2d(k, n, 1)`` with the bias;
 * spatial ``Conv2d``: ``Conv2d(c, k, (kh, 1))`` with the vertical stride, padding and
-  dilation, then ``Conv2d(k, n, (1, kw))`` with the horizontal ones and the bias.
+  dilation, then ``Conv2d(k, n, (1, kw))`` with the horizontal ones and the bias;
+* pointwise-first ``Conv2d``: ``Conv2d(c, k, 1)``, then ``Conv2d(k, n, (kh, kw))`` with the
+  original stride, padding and dilation and the bias.
 
 Where the pair saves nothing it is multiplied back into one dense layer. The rule
 (``merge="flops"``) compares weights per output position, a FLOPs proxy that does not depend
@@ -17,7 +19,9 @@ on the input size: the pair is kept when
 * ``Linear``: k · (m + n) < n · m;
 * channel: k · (c·kh·kw + n) < n · c·kh·kw (exactly the FLOPs ratio);
 * spatial: k · (c·kh + n·kw) < n · c·kh·kw (the parameter ratio; the FLOPs ratio differs
-  slightly for horizontally strided convs, whose vertical conv runs at every input column).
+  slightly for horizontally strided convs, whose vertical conv runs at every input column);
+* pointwise-first: k · (c + n·kh·kw) < n · c·kh·kw (the parameter ratio; for strided convs
+  the 1×1 conv runs at every input position).
 
 ``merge="latency"`` instead times the pair against the dense layer on the CPU at the input
 each layer receives.
@@ -83,6 +87,8 @@ def saves_flops(layer: nn.Module, scheme: Scheme, rank: int) -> bool:
     n, c, (kh, kw) = layer.out_channels, layer.in_channels, layer.kernel_size
     if scheme == "channel":
         return rank * (c * kh * kw + n) < n * c * kh * kw
+    if scheme == "pointwise_first":
+        return rank * (c + n * kh * kw) < n * c * kh * kw
     return rank * (c * kh + n * kw) < n * c * kh * kw
 
 
@@ -227,8 +233,9 @@ def _empty_pair(layer: nn.Module, scheme: Scheme, rank: int) -> nn.Sequential:
     kh, kw = layer.kernel_size
     first_geometry, second_geometry = factored_geometry(
         scheme, tuple(layer.stride), layer.padding, tuple(layer.dilation))
-    first_kernel, second_kernel = ((kh, kw), (1, 1)) if scheme == "channel" else ((kh, 1),
-                                                                                  (1, kw))
+    first_kernel, second_kernel = {"channel": ((kh, kw), (1, 1)),
+                                   "spatial": ((kh, 1), (1, kw)),
+                                   "pointwise_first": ((1, 1), (kh, kw))}[scheme]
     return nn.Sequential(
         nn.Conv2d(layer.in_channels, rank, first_kernel, bias=False, **first_geometry,
                   **factory),

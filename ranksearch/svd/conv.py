@@ -1,5 +1,5 @@
-"""The convolution in SVD form, channel-wise or spatial-wise, and the geometry of its two thin
-convolutions (see :mod:`ranksearch.svd.layers` for what every SVD layer shares)."""
+"""The convolution in SVD form, channel-wise, spatial-wise or pointwise-first, and the geometry
+of its two thin convolutions (see :mod:`ranksearch.svd.layers` for what every SVD layer shares)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,14 @@ class SVDConv2d(SVDLayer):
     padding and dilation), then a conv with n filters of r × 1 × kw (the horizontal ones) and
     the bias.
 
+    ``scheme="pointwise_first"``: ``W[n, c, i, j]`` arranged as rows (n, i, j) and columns c,
+    ``M = W.permute(0, 2, 3, 1).reshape(n·kh·kw, c) = U · diag(s · mask) · Vᵀ``, r =
+    min(n·kh·kw, c). Factored: a 1×1 conv c → r, then a conv with n filters of r × kh × kw
+    (the original stride, padding and dilation) and the bias. The channel scheme's thin
+    conv has r *output* channels, which CPU and GPU kernels compute in blocks of 8 or 16 (a
+    rank below the block costs what the block costs); here the kh × kw conv has all n
+    outputs and shrinks with r in its inputs (benchmarks/conv_shapes.py).
+
     Padding may be an int, a (vertical, horizontal) tuple, ``"same"`` or ``"valid"``; only
     ``padding_mode="zeros"`` is supported. The constructor initialises like a fresh
     ``nn.Conv2d`` (see :meth:`reset_parameters`); :meth:`from_dense` decomposes an existing
@@ -82,8 +90,10 @@ class SVDConv2d(SVDLayer):
         kh, kw = self.kernel_size
         if scheme == "channel":
             rows, cols = out_channels, in_channels * kh * kw
-        else:
+        elif scheme == "spatial":
             rows, cols = in_channels * kh, out_channels * kw
+        else:
+            rows, cols = out_channels * kh * kw, in_channels
         super().__init__(rows, cols, out_channels if bias else None, forward_mode, device, dtype)
         self.reset_parameters()
 
@@ -122,14 +132,18 @@ class SVDConv2d(SVDLayer):
         n, c, kh, kw = weight.shape
         if self.scheme == "channel":
             return weight.reshape(n, c * kh * kw)
-        return weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
+        if self.scheme == "spatial":
+            return weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
+        return weight.permute(0, 2, 3, 1).reshape(n * kh * kw, c)
 
     def weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         n, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
         if self.scheme == "channel":
             return matrix.reshape(n, c, kh, kw)
         # contiguous() so that the convolution gets a weight in its usual layout.
-        return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
+        if self.scheme == "spatial":
+            return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
+        return matrix.reshape(n, kh, kw, c).permute(0, 3, 1, 2).contiguous()
 
     def factor_weights(
         self, indices: torch.Tensor | None = None
@@ -138,13 +152,17 @@ class SVDConv2d(SVDLayer):
 
         Channel: ``Vᵀ`` as k filters of c × kh × kw, then ``U · diag(s)`` as n filters of
         k × 1 × 1. Spatial: ``(U · diag(s))ᵀ`` as k filters of c × kh × 1, then ``V`` as n
-        filters of k × 1 × kw. Pruned indices get singular value zero.
+        filters of k × 1 × kw. Pointwise-first: ``Vᵀ`` as k filters of c × 1 × 1, then
+        ``U · diag(s)`` as n filters of k × kh × kw. Pruned indices get singular value zero.
         """
         u, s, v = select_factors(self, indices)
         k = s.shape[0]
         n, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
         if self.scheme == "channel":
             first, second = v.mT.reshape(k, c, kh, kw), (u * s).reshape(n, k, 1, 1)
+        elif self.scheme == "pointwise_first":
+            first = v.mT.reshape(k, c, 1, 1)
+            second = (u * s).reshape(n, kh, kw, k).permute(0, 3, 1, 2)
         else:
             first = (u * s).mT.reshape(k, c, kh, 1)
             second = v.reshape(n, kw, k).permute(0, 2, 1).reshape(n, k, 1, kw)
@@ -180,6 +198,9 @@ class SVDConv2d(SVDLayer):
         n, c, (kh, kw), k = self.out_channels, self.in_channels, self.kernel_size, self.rank
         if self.scheme == "channel":
             return 2 * images * out_h * out_w * k * (c * kh * kw + n)
+        if self.scheme == "pointwise_first":
+            # The 1×1 conv runs at every input position: only the second conv strides.
+            return 2 * images * (height * width * k * c + out_h * out_w * n * k * kh * kw)
         # The vertical conv runs at every input column: only the second conv strides
         # horizontally.
         return 2 * images * out_h * (width * k * c * kh + out_w * n * k * kw)
@@ -207,7 +228,9 @@ def factored_geometry(
 ) -> tuple[dict[str, object], dict[str, object]]:
     """Stride, padding and dilation of the two thin convs that replace a conv.
 
-    Channel: the first conv keeps the original geometry, the second is 1×1. Spatial: the
+    Channel: the first conv keeps the original geometry, the second is 1×1. Pointwise-first:
+    the first is 1×1, the second keeps the original geometry (a 1×1 conv without bias maps
+    zero padding to zero padding, so padding after it is the same). Spatial: the
     first (kh × 1) conv takes the vertical components, the second (1 × kw) the horizontal
     ones. ``"same"``/``"valid"`` padding carries over to both convs unchanged, since it pads
     each dimension by what that dimension's kernel needs.
@@ -215,6 +238,9 @@ def factored_geometry(
     if scheme == "channel":
         return ({"stride": stride, "padding": padding, "dilation": dilation},
                 {"stride": 1, "padding": 0, "dilation": 1})
+    if scheme == "pointwise_first":
+        return ({"stride": 1, "padding": 0, "dilation": 1},
+                {"stride": stride, "padding": padding, "dilation": dilation})
     if isinstance(padding, str):
         vertical_padding: tuple[int, int] | str = padding
         horizontal_padding: tuple[int, int] | str = padding

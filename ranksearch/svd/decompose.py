@@ -39,7 +39,8 @@ def decompose(
 
     Args:
         model: The dense model; it is not modified.
-        scheme: ``"channel"`` or ``"spatial"`` decomposition of the convolutions.
+        scheme: ``"channel"``, ``"spatial"`` or ``"pointwise_first"`` decomposition of the
+            convolutions (see :class:`~ranksearch.svd.SVDConv2d`).
         init: ``"svd"`` takes the exact SVD of the current weights, so the result computes
             the same function (up to rounding); ``"random"`` initialises every SVD layer
             like a fresh layer, with orthonormal ``U`` and ``V``, to train from scratch.

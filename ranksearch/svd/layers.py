@@ -42,7 +42,7 @@ __all__ = [
     "DenseLinear",
 ]
 
-Scheme = Literal["channel", "spatial"]
+Scheme = Literal["channel", "spatial", "pointwise_first"]
 ForwardMode = Literal["auto", "dense", "factored"]
 Init = Literal["svd", "random"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
