@@ -16,8 +16,9 @@ def _config(tiny_space, **params) -> cfg.StudyConfig:
     return cfg.load(tiny_space(space=None, params=values))
 
 
-def test_one_trial_on_digits(tiny_space, tmp_path):
-    config = _config(tiny_space)
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
+def test_one_trial_on_digits(tiny_space, tmp_path, scheme):
+    config = _config(tiny_space, scheme=scheme)
     run = RunDir(tmp_path / "run").create()
     metrics = pipeline.run_trial(config, config.params, run, tmp_path / "trial", progress=False)
     assert set(metrics["ranks"]) >= {"layer1.0.conv1", "fc"}
