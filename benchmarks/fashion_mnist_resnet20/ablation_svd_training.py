@@ -2,7 +2,7 @@
 
 Three ways from the same trained reference (the search space's ``model.weights``) to a
 compact ResNet-20, each with the budget of one trial of the space (its SVD-training steps plus
-its fine-tuning steps), channel scheme, ``conv1`` and ``fc`` dense:
+its fine-tuning steps), channel scheme (``--scheme``: another), ``conv1`` and ``fc`` dense:
 
 * ``svd-training``: SVD training with Hoyer sparsity (λ_s ``--lambda-s``, default the
   authors' ResNet-20 value 0.07) and orthogonality, then prune, then fine-tune;
@@ -26,6 +26,13 @@ every variant gets exactly that many fine-tuning steps per point, and SVD traini
 are not charged to the point, because one SVD-trained model serves every point of its
 threshold sweep (``ranksearch.fidelity``): its cost is shared, truncated SVD has none to
 share. Writes ablation_svd_training_budget.json and .md.
+
+Which decomposition scheme? ``--scheme pointwise_first`` (or ``spatial``, ``channel``) runs
+the variants in that scheme and writes ablation_svd_training_<scheme>.json and .md, with the
+space as it ships now (its precision included), so that schemes compare within one setting:
+
+    python benchmarks/fashion_mnist_resnet20/ablation_svd_training.py --variants svd-training \
+        --scheme pointwise_first
 """
 
 from __future__ import annotations
@@ -80,13 +87,15 @@ def run_variant(variant: str, target: float, config, run, dense, ref_metrics, ar
     SVD-training steps too); a number: exactly that many fine-tuning steps for every variant.
     """
     data = pipeline.dataset(config)
-    params = cfg.TrialParams(scheme="channel", decay="none" if variant == "truncated-svd"
-                             else "hoyer", lambda_s=args.lambda_s if variant == "svd-training"
-                             else 0.0, lambda_o=1.0)
+    params = cfg.TrialParams(scheme=args.scheme or "channel",
+                             decay="none" if variant == "truncated-svd" else "hoyer",
+                             lambda_s=args.lambda_s if variant == "svd-training" else 0.0,
+                             lambda_o=1.0)
     groups = models.layer_groups(dense)
     start = time.perf_counter()
     if variant == "truncated-svd":
-        model = svd.decompose(dense, scheme="channel", init="svd", exclude=("conv1", "fc"))
+        model = svd.decompose(dense, scheme=args.scheme or "channel", init="svd",
+                              exclude=("conv1", "fc"))
         svd_seconds, kept_after = 0.0, None
     else:
         model, meta = pipeline.svd_trained(config, params, run, dense, groups, progress=False)
@@ -176,18 +185,23 @@ def main() -> None:
                         default=list(TARGETS))
     parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--scheme", choices=svd.SCHEMES, default=None,
+                        help="decomposition scheme (default channel); writes its own files")
     args = parser.parse_args()
     config = load_config()
     run = RunDir(args.run_dir).create()
     dense, ref_metrics = pipeline.reference(config, run, progress=False)
     budgets = args.finetune_budgets
     stem = "ablation_svd_training_budget" if budgets else "ablation_svd_training"
+    if args.scheme is not None:
+        stem += f"_{args.scheme}"
     out = HERE / f"{stem}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     result.update(lambda_s=args.lambda_s, reference_test_accuracy=ref_metrics["test_accuracy"],
                   budget_steps=config.schedule.svd.max_batches
                   + config.schedule.finetune.max_batches)
-    reference_svd = svd.decompose(dense, scheme="channel", exclude=("conv1", "fc"))
+    reference_svd = svd.decompose(dense, scheme=args.scheme or "channel",
+                                  exclude=("conv1", "fc"))
     result.setdefault("spectrum", {})["reference"] = sum(
         svd.ranks_at_energy(reference_svd, pipeline.SPECTRUM_ENERGY).values())
     if budgets:
