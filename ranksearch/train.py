@@ -123,9 +123,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
 def _fp32_output(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
     return output.float() if output.dtype == torch.bfloat16 else output
 
@@ -143,7 +140,8 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     this, and level with it with this, for 12 % of the bf16 step time.
     """
     handles = ([m.register_forward_hook(_fp32_output) for m in model.modules()
-                if isinstance(m, _BATCH_NORMS)] if precision == "bf16" else [])
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)] if precision == "bf16"
+               else [])
     try:
         yield
     finally:
