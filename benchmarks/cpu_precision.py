@@ -6,7 +6,7 @@ Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNI
 * ``fp32+cl``: channels_last;
 * ``bf16+cl``: channels_last and bf16 autocast (``precision: auto`` on a CPU with
   AVX512-BF16/AMX), regularisers and batch norm outputs in fp32
-  (``ranksearch.train.fp32_batch_norms``).
+  (``ranksearch.precision.fp32_batch_norms``).
 
 All three step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
@@ -38,7 +38,8 @@ import torch
 from ranksearch import models, svd
 from ranksearch.config import Schedule
 from ranksearch.data import load
-from ranksearch.train import Phase, cpu_has_bf16, evaluate, fit, resolve_precision
+from ranksearch.precision import cpu_has_bf16, resolve_precision
+from ranksearch.train import Phase, evaluate, fit
 
 SETTINGS = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),

@@ -35,8 +35,8 @@ from . import measure, svd
 from .data import Dataset
 from .dominance import hypervolume_contributions, nondominated
 from .pipeline import dataset, expand_by_layer, quality, reference, svd_key, svd_trained
+from .precision import autocast, fp32_batch_norms, resolve_precision
 from .runs import RunDir, read_json, write_json
-from .train import autocast, fp32_batch_norms, resolve_precision
 
 __all__ = ["Candidate", "energy_candidates", "sweep", "promote", "allocate"]
 

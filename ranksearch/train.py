@@ -17,12 +17,9 @@ user's ``evaluate(model, batches) -> float``; a metric that returns no finite nu
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import numbers
-import platform
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,11 +32,11 @@ from tqdm.auto import tqdm
 from .config import Schedule
 from .data import Dataset
 from .errors import UserError
+from .precision import autocast, fp32_batch_norms, resolve_precision
 
 __all__ = [
     "Phase", "PhaseName", "TrainLoop", "Metric", "Diverged", "MetricFailed", "FitResult", "fit",
-    "run_phase", "evaluate", "top1_accuracy", "resolve_device", "resolve_precision",
-    "cpu_has_bf16", "autocast", "fp32_batch_norms",
+    "run_phase", "evaluate", "top1_accuracy", "resolve_device",
 ]
 
 Regulariser = Callable[[nn.Module], torch.Tensor]
@@ -73,80 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16).
-
-    oneDNN also runs bf16 on CPUs without these instructions, by emulation, and then it is
-    slower than fp32; so only the native instructions count.
-    """
-    try:
-        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
-    except OSError:  # not Linux: no portable way to ask, so fp32
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-@functools.cache
-def resolve_precision(precision: str, device_type: str) -> str:
-    """The precision a phase really trains in: ``fp32`` or ``bf16`` (autocast).
-
-    ``auto`` is bf16 where the device computes it natively (a CUDA GPU that supports it, a
-    CPU with AVX512-BF16/AMX/Arm BF16) and fp32 elsewhere; ``bf16`` where it cannot run fast
-    falls back to fp32 with one warning line.
-    """
-    if precision == "fp32":
-        return "fp32"
-    if device_type == "cuda":
-        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        native = device_type == "cpu" and cpu_has_bf16()
-    if native:
-        return "bf16"
-    if precision == "bf16":
-        processor = platform.processor() or platform.machine()
-        warnings.warn(f"precision bf16: this {device_type.upper()} ({processor}) has no native "
-                      "bf16; training in fp32", stacklevel=2)
-    return "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``precision`` resolves to bf16 there, else nothing."""
-    if resolve_precision(precision, device.type) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _fp32_output(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-    return output.float() if output.dtype == torch.bfloat16 else output
-
-
-@contextlib.contextmanager
-def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
-    """While the block runs, ``model``'s batch norms return fp32 where they receive bf16
-    (``precision`` ``"bf16"``; with any other precision nothing changes).
-
-    Under autocast a batch norm returns the bf16 it receives from its convolution, so the
-    activations between layers, and a ResNet's residual sums block after block, are bf16
-    (8 bits of mantissa). With fp32 outputs they stay fp32 while convolutions and matrix
-    products still run in bf16. On ResNet-20 / Fashion-MNIST (3 epochs, 3 seeds,
-    ``benchmarks/cpu_precision.py``) bf16 ended 0.33 point below fp32 on average without
-    this, and level with it with this, for 12 % of the bf16 step time.
-    """
-    handles = ([m.register_forward_hook(_fp32_output) for m in model.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)] if precision == "bf16"
-               else [])
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class Phase:

@@ -2,36 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ranksearch import measure, models, svd, train
+from ranksearch import measure, models, precision, svd, train
 from ranksearch.config import Schedule
 from ranksearch.data import load
 
 
 @pytest.fixture
 def no_native_bf16(monkeypatch):
-    train.resolve_precision.cache_clear()
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    precision.resolve_precision.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     yield
-    train.resolve_precision.cache_clear()
+    precision.resolve_precision.cache_clear()
 
 
 def test_bf16_without_native_support_falls_back_with_one_line(no_native_bf16) -> None:
     with pytest.warns(UserWarning, match="no native bf16; training in fp32") as record:
-        assert train.resolve_precision("bf16", "cpu") == "fp32"
+        assert precision.resolve_precision("bf16", "cpu") == "fp32"
     assert len(record) == 1 and "\n" not in str(record[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto falls back silently: it promised nothing
-        assert train.resolve_precision("auto", "cpu") == "fp32"
-    assert train.resolve_precision("fp32", "cpu") == "fp32"
+        assert precision.resolve_precision("auto", "cpu") == "fp32"
+    assert precision.resolve_precision("fp32", "cpu") == "fp32"
 
 
-@pytest.mark.skipif(not train.cpu_has_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no native bf16")
 def test_training_runs_in_bf16_and_regularisers_in_fp32() -> None:
     data = load("digits", val_fraction=0.2, seed=0)
     model = svd.decompose(models.create("resnet20", num_classes=10, in_channels=1),
@@ -63,11 +66,85 @@ def test_training_runs_in_bf16_and_regularisers_in_fp32() -> None:
 
 def test_batch_norms_untouched_outside_bf16() -> None:
     model = models.create("resnet20", num_classes=10, in_channels=1)
-    with train.fp32_batch_norms(model, "fp32"):
+    with precision.fp32_batch_norms(model, "fp32"):
         assert not any(m._forward_hooks for m in model.modules())
-    with train.fp32_batch_norms(model, "bf16"):
+    with precision.fp32_batch_norms(model, "bf16"):
         x = torch.randn(2, 16, 4, 4, dtype=torch.bfloat16)
         assert model.bn1(x).dtype == torch.float32
+
+
+def _bf16_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+
+
+@contextlib.contextmanager
+def _every_norm_in_fp32(model: nn.Module):
+    handles = [m.register_forward_hook(lambda _m, _a, out: out.float()) for m in model.modules()
+               if isinstance(m, nn.BatchNorm2d)]
+    yield
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_norms_that_only_feed_convolutions_keep_bf16_and_change_nothing(decomposed: bool) -> None:
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    if decomposed:
+        model = svd.decompose(model, exclude=("conv1", "fc"))
+    every = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with precision.fp32_batch_norms(model, "bf16"):
+        _bf16_step(model, optimizer)
+        # After the first pass: a block's first norm (BN -> ReLU -> conv) returns bf16, the
+        # norms whose outputs are summed with the shortcut, and the stem's, return fp32.
+        hooked = {name for name, m in model.named_modules() if m._forward_hooks}
+        assert {"layer1.0.bn2", "layer2.0.downsample.1", "bn1"} <= hooked
+        assert not hooked & {f"layer{s}.{b}.bn1" for s in (1, 2, 3) for b in (0, 1, 2)}
+        _bf16_step(model, optimizer)
+    optimizer = torch.optim.SGD(every.parameters(), lr=0.1, momentum=0.9)
+    with _every_norm_in_fp32(every):
+        _bf16_step(every, optimizer)
+        _bf16_step(every, optimizer)
+    # Bit for bit what returning fp32 from every norm trains: the convolution rounds the
+    # fp32 values back to the same bf16 ones, forward and backward.
+    expected = every.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_norms_reaching_anything_but_a_convolution_return_fp32() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),  # -> conv: bf16
+        nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),  # -> average pool: fp32
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.BatchNorm1d(8),  # output
+    )
+    dtypes = {}
+    with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        for name in ("1", "5", "10"):  # after the context's hooks: sees what they return
+            model.get_submodule(name).register_forward_hook(
+                lambda _m, _a, out, name=name: dtypes.__setitem__(name, out.dtype))
+        model(torch.randn(4, 3, 16, 16))
+        assert set(dtypes.values()) == {torch.float32}  # the first pass: every norm in fp32
+        model(torch.randn(4, 3, 16, 16))
+    assert dtypes == {"1": torch.bfloat16, "5": torch.float32, "10": torch.float32}
+
+
+def test_a_pass_that_raises_leaves_no_tracing_behind() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            model(torch.randn(4, 5, 16, 16))  # 5 channels into a 3-channel convolution
+        assert torch._C._len_torch_function_stack() == 0
+        model(torch.randn(4, 3, 16, 16))  # the next pass is followed instead
+        assert not model[1]._forward_hooks
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])

@@ -30,8 +30,9 @@ import torch
 from ranksearch import models
 from ranksearch.config import Schedule
 from ranksearch.data import load
+from ranksearch.precision import resolve_precision
 from ranksearch.runs import save_state
-from ranksearch.train import Phase, evaluate, fit, resolve_precision
+from ranksearch.train import Phase, evaluate, fit
 
 HERE = Path(__file__).resolve().parent
 VAL_FRACTION = 0.05  # as in search_spaces/fashion_mnist_resnet20.yaml
