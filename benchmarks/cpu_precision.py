@@ -1,18 +1,20 @@
 """CPU training speed and accuracy parity: fp32, channels_last, bf16 autocast.
 
-Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNIST:
+Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNIST (or, with
+``--dataset digits``, the quickstart's 8x8 digits):
 
 * ``fp32``: NCHW, fp32 (the default of the shipped spaces before bf16 on CPUs);
 * ``fp32+cl``: channels_last;
 * ``bf16+cl``: channels_last and bf16 autocast (``precision: auto`` on a CPU with
-  AVX512-BF16/AMX), regularisers and batch norm outputs in fp32
-  (``ranksearch.precision.fp32_batch_norms``).
+  AVX512-BF16/AMX), regularisers and the batch norm outputs that reach more than a
+  convolution (residual sums) in fp32 (``ranksearch.precision.fp32_batch_norms``).
 
 All three step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
-**Speed.** Seconds per training step (batch 128) of the dense model and of the SVD model
-(channel scheme, orthogonality + Hoyer), the three settings alternating in rounds of
-``--steps`` steps so that load from other processes affects them alike; the median round.
+**Speed.** Seconds per training step (``--batch-size``, 128 by default) of the dense model
+and of the SVD model (channel scheme, orthogonality + Hoyer), the three settings alternating
+in rounds of ``--steps`` steps so that load from other processes affects them alike; the
+median round.
 
 **Parity.** The same short reference schedule (SGD 0.1, Nesterov, cosine, weight decay 5e-4,
 ``--epochs`` epochs, same seed and batch order) trained in ``fp32+cl`` and in ``bf16+cl``,
@@ -21,6 +23,7 @@ then the test accuracy of each (evaluated in fp32). Parity means within 0.3 poin
 
     python benchmarks/cpu_precision.py --epochs 3
     python benchmarks/cpu_precision.py --epochs 3 --rounds 0 --seeds 1 2 --out ...  # parity only
+    python benchmarks/cpu_precision.py --dataset digits --batch-size 64 --epochs 15 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ from ranksearch.data import load
 from ranksearch.precision import cpu_has_bf16, resolve_precision
 from ranksearch.train import Phase, evaluate, fit
 
+DATASETS = {
+    "fashion-mnist": "fashion-mnist (full; test = official test split)",
+    "digits": "digits (scikit-learn's 8x8; test = ranksearch's fixed 20 % split)",
+}
 SETTINGS = {  # name: (precision, channels_last)
     "fp32": ("fp32", False),
     "fp32+cl": ("fp32", True),
@@ -52,9 +59,10 @@ def _regulariser(model: torch.nn.Module) -> torch.Tensor:
     return svd.orthogonality_loss(model) + svd.sparsity_loss(model, "hoyer", 0.01)
 
 
-def step_times(data, kind: str, steps: int, rounds: int) -> dict[str, float]:
+def step_times(data, kind: str, steps: int, rounds: int, batch_size: int) -> dict[str, float]:
     """Median seconds per step of each setting, the settings alternating round by round."""
-    schedule = Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=128, max_batches=steps)
+    schedule = Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=batch_size,
+                        max_batches=steps)
     nets = {}
     for name in SETTINGS:
         torch.manual_seed(0)
@@ -72,9 +80,9 @@ def step_times(data, kind: str, steps: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def parity(data, epochs: int, seed: int = 0) -> dict[str, float]:
+def parity(data, epochs: int, seed: int, batch_size: int) -> dict[str, float]:
     schedule = Schedule(epochs=epochs, lr=0.1, optimizer="sgd", weight_decay=5e-4,
-                        batch_size=128)
+                        batch_size=batch_size)
     accuracy = {}
     for name in ("fp32+cl", "bf16+cl"):
         precision, channels_last = SETTINGS[name]
@@ -94,16 +102,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timing round")
     parser.add_argument("--rounds", type=int, default=5, help="0: no timing")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="parity seeds")
+    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_precision.json"))
     args = parser.parse_args()
-    data = load("fashion-mnist", val_fraction=0.05, seed=0, device="cpu")
+    data = load(args.dataset, val_fraction=0.05, seed=0, device="cpu")
     start = time.perf_counter()
-    timing = ({kind: step_times(data, kind, args.steps, args.rounds) for kind in ("dense", "svd")}
-              if args.rounds else {})
+    timing = ({kind: step_times(data, kind, args.steps, args.rounds, args.batch_size)
+               for kind in ("dense", "svd")} if args.rounds else {})
     for kind, values in timing.items():
         print(kind, {k: f"{v:.3f} s/step ({values['fp32'] / v:.2f}x)" for k, v in values.items()},
               flush=True)
-    accuracy = {seed: parity(data, args.epochs, seed) for seed in args.seeds} if args.epochs else {}
+    accuracy = ({seed: parity(data, args.epochs, seed, args.batch_size) for seed in args.seeds}
+                if args.epochs else {})
     gaps = {seed: 100 * (a["bf16+cl"] - a["fp32+cl"]) for seed, a in accuracy.items()}
     out = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
@@ -111,7 +122,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "model": "resnet20 (1 input channel)",
-        "dataset": "fashion-mnist (full; test = official test split)", "batch_size": 128,
+        "dataset": DATASETS[args.dataset], "batch_size": args.batch_size,
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "seconds_per_step": timing,
         "speedup_vs_fp32": {kind: {k: values["fp32"] / v for k, v in values.items()}
