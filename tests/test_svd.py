@@ -138,6 +138,27 @@ def test_pointwise_first_arrangement() -> None:
     assert layer.factored_flops((1, 2, 9, 11)) == measure.flops(pair, (2, 9, 11))
 
 
+@pytest.mark.parametrize("scheme", svd.SCHEMES)
+@pytest.mark.parametrize("geometry", [
+    {"kernel_size": 3, "padding": 1},
+    {"kernel_size": (3, 5), "stride": (2, 1), "padding": (1, 2)},
+    {"kernel_size": (5, 3), "stride": (1, 3), "dilation": (2, 1)},
+    {"kernel_size": 3, "padding": "same", "dilation": 2},
+    {"kernel_size": 3, "stride": 2, "padding": "valid"},
+    {"kernel_size": 1, "stride": 2},
+])
+def test_factored_flops_count_what_the_compact_pair_runs(scheme: str, geometry: dict) -> None:
+    conv = nn.Conv2d(6, 10, bias=False, **geometry)
+    model = svd.decompose(nn.Sequential(conv), scheme)
+    svd.set_ranks(model, {"0": 2})
+    layer = svd.svd_layers(model)["0"]
+    (pair,) = svd.compact(model, {"0": 2}).children()
+    assert isinstance(pair, nn.Sequential)
+    assert layer.factored_flops((3, 6, 13, 17)) == 3 * measure.flops(pair, (6, 13, 17))
+    assert layer.dense_flops((3, 6, 13, 17)) - layer._rebuild_flops() == (
+        3 * measure.flops(conv, (6, 13, 17)))
+
+
 def test_linear_exact_both_modes() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(7, 5)

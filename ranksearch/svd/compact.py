@@ -52,7 +52,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .conv import SVDConv2d, factored_geometry
+from .conv import SVDConv2d, factored_geometry, thin_kernel_sizes
 from .decompose import svd_layers
 from .inference import to_channels_last
 from .layers import DenseConv2d, DenseLinear, Scheme, SVDLayer, SVDLinear
@@ -85,11 +85,8 @@ def saves_flops(layer: nn.Module, scheme: Scheme, rank: int) -> bool:
         n, m = layer.out_features, layer.in_features
         return rank * (m + n) < n * m
     n, c, (kh, kw) = layer.out_channels, layer.in_channels, layer.kernel_size
-    if scheme == "channel":
-        return rank * (c * kh * kw + n) < n * c * kh * kw
-    if scheme == "pointwise_first":
-        return rank * (c + n * kh * kw) < n * c * kh * kw
-    return rank * (c * kh + n * kw) < n * c * kh * kw
+    first, second = thin_kernel_sizes(scheme, layer.kernel_size)
+    return rank * (c * math.prod(first) + n * math.prod(second)) < n * c * kh * kw
 
 
 def compaction_plan(
@@ -230,12 +227,9 @@ def _empty_pair(layer: nn.Module, scheme: Scheme, rank: int) -> nn.Sequential:
     if isinstance(layer, (nn.Linear, SVDLinear)):
         return nn.Sequential(nn.Linear(layer.in_features, rank, bias=False, **factory),
                              nn.Linear(rank, layer.out_features, bias=has_bias, **factory))
-    kh, kw = layer.kernel_size
     first_geometry, second_geometry = factored_geometry(
         scheme, tuple(layer.stride), layer.padding, tuple(layer.dilation))
-    first_kernel, second_kernel = {"channel": ((kh, kw), (1, 1)),
-                                   "spatial": ((kh, 1), (1, kw)),
-                                   "pointwise_first": ((1, 1), (kh, kw))}[scheme]
+    first_kernel, second_kernel = thin_kernel_sizes(scheme, tuple(layer.kernel_size))
     return nn.Sequential(
         nn.Conv2d(layer.in_channels, rank, first_kernel, bias=False, **first_geometry,
                   **factory),

@@ -21,7 +21,7 @@ from .layers import (
     select_factors,
 )
 
-__all__ = ["SVDConv2d", "factored_geometry"]
+__all__ = ["SVDConv2d", "factored_geometry", "thin_kernel_sizes", "conv_output_size"]
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -173,37 +173,29 @@ class SVDConv2d(SVDLayer):
         convs of :meth:`factor_weights`."""
         return factored_geometry(self.scheme, self.stride, self.padding, self.dilation)
 
-    def _output_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.padding == "same":
-            return height, width
-        padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple(  # type: ignore[return-value]
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip((height, width), padding, self.dilation,
-                                        self.kernel_size, self.stride, strict=True)
-        )
-
     def dense_flops(self, input_shape: Sequence[int]) -> int:
         *batch, height, width = input_shape
-        out_h, out_w = self._output_size(height, width)
+        out_h, out_w = conv_output_size((height, width), self.kernel_size, self.stride,
+                                        self.padding, self.dilation)
         kh, kw = self.kernel_size
         positions = math.prod(batch[:-1]) * out_h * out_w
         return (2 * positions * self.out_channels * self.in_channels * kh * kw
                 + self._rebuild_flops())
 
     def factored_flops(self, input_shape: Sequence[int]) -> int:
+        # Each thin conv at each of its own output positions: the spatial scheme's vertical
+        # conv runs at every input column, the pointwise-first 1×1 conv at every input
+        # position, since only the second conv strides there.
         *batch, height, width = input_shape
-        out_h, out_w = self._output_size(height, width)
         images = math.prod(batch[:-1])
-        n, c, (kh, kw), k = self.out_channels, self.in_channels, self.kernel_size, self.rank
-        if self.scheme == "channel":
-            return 2 * images * out_h * out_w * k * (c * kh * kw + n)
-        if self.scheme == "pointwise_first":
-            # The 1×1 conv runs at every input position: only the second conv strides.
-            return 2 * images * (height * width * k * c + out_h * out_w * n * k * kh * kw)
-        # The vertical conv runs at every input column: only the second conv strides
-        # horizontally.
-        return 2 * images * out_h * (width * k * c * kh + out_w * n * k * kw)
+        kernels = thin_kernel_sizes(self.scheme, self.kernel_size)
+        channels = ((self.in_channels, self.rank), (self.rank, self.out_channels))
+        size, flops = (height, width), 0
+        for kernel, geometry, (inputs, outputs) in zip(kernels, self.factored_geometry(),
+                                                       channels, strict=True):
+            size = conv_output_size(size, kernel, **geometry)
+            flops += 2 * images * math.prod(size) * outputs * inputs * math.prod(kernel)
+        return flops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_factored(x.shape):
@@ -218,6 +210,37 @@ class SVDConv2d(SVDLayer):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"bias={self.bias is not None}, scheme={self.scheme}, {self._svd_repr()}")
+
+
+def thin_kernel_sizes(
+    scheme: str, kernel_size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Kernel sizes of the two thin convs that replace a kh × kw conv: channel (kh, kw) then
+    (1, 1); spatial (kh, 1) then (1, kw); pointwise-first (1, 1) then (kh, kw)."""
+    kh, kw = kernel_size
+    if scheme == "channel":
+        return (kh, kw), (1, 1)
+    if scheme == "pointwise_first":
+        return (1, 1), (kh, kw)
+    return (kh, 1), (1, kw)
+
+
+def conv_output_size(
+    size: tuple[int, int],
+    kernel_size: tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] | str,
+    dilation: int | tuple[int, int],
+) -> tuple[int, int]:
+    """Height and width of what a conv with this geometry makes of a ``size`` input."""
+    if padding == "same":
+        return size
+    pads = (0, 0) if padding == "valid" else _pair(padding)  # type: ignore[arg-type]
+    return tuple(  # type: ignore[return-value]
+        (length + 2 * p - d * (k - 1) - 1) // st + 1
+        for length, p, d, k, st in zip(size, pads, _pair(dilation), kernel_size,
+                                       _pair(stride), strict=True)
+    )
 
 
 def factored_geometry(
