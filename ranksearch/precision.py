@@ -76,8 +76,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 #: select values and compute no new ones.
 _EXACT_IN_BF16 = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                             torch.Tensor.relu_, F.hardtanh, F.hardtanh_, F.max_pool2d})
-#: Functions autocast computes in bf16: they round an fp32 input to bf16 before anything else.
+#: Functions bf16 autocast computes in bf16: they round an fp32 input to bf16 before anything
+#: else (while autocast is on; see _rounds_to_bf16).
 _ROUNDED_TO_BF16 = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
+
+
+def _rounds_to_bf16(func: Any, args: tuple) -> bool:
+    if func not in _ROUNDED_TO_BF16:
+        return False
+    device = args[0].device.type
+    # A convolution run with autocast off (a model may turn it off around a layer) would
+    # receive the bf16 tensor as it is and fail against its fp32 weight.
+    return (torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) == torch.bfloat16)
 
 
 class _NormOutputs(TorchFunctionMode):
@@ -85,8 +96,9 @@ class _NormOutputs(TorchFunctionMode):
 
     A tensor a norm returned (:meth:`mark`), or one an ``_EXACT_IN_BF16`` function made of
     it, carries the norm's name. :attr:`needs_fp32` collects the norms whose tensors reach any
-    other function than those and ``_ROUNDED_TO_BF16``: a residual sum, a pooling average,
-    a concatenation. Functions that return no tensor (``x.shape``, ``x.dim()``) do not count.
+    other function than those and a convolution or linear layer under bf16 autocast: a
+    residual sum, a pooling average, a concatenation, a convolution with autocast off.
+    Functions that return no tensor (``x.shape``, ``x.dim()``) do not count.
     """
 
     def __init__(self) -> None:
@@ -117,7 +129,7 @@ class _NormOutputs(TorchFunctionMode):
             if func in _EXACT_IN_BF16:
                 for tensor in tensors:
                     self.mark(tensor, names)
-            elif func not in _ROUNDED_TO_BF16:
+            elif not _rounds_to_bf16(func, args):
                 self.needs_fp32 |= names
         return result
 

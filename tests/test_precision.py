@@ -137,6 +137,26 @@ def test_norms_reaching_anything_but_a_convolution_return_fp32() -> None:
     assert dtypes == {"1": torch.bfloat16, "5": torch.float32, "10": torch.float32}
 
 
+class _Fp32Head(nn.Module):
+    """A convolution a model runs with autocast off, after a batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.conv = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        with torch.autocast("cpu", enabled=False):
+            return self.conv(x)
+
+
+def test_a_norm_feeding_a_convolution_outside_autocast_stays_fp32() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _Fp32Head())
+    with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):  # the second pass would fail on a bf16 input to the fp32 conv
+            assert model(torch.randn(2, 3, 8, 8)).dtype == torch.float32
+
+
 def test_a_pass_that_raises_leaves_no_tracing_behind() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
     with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
