@@ -8,6 +8,13 @@ again, one after the other, on this machine, and writes ``RUN_DIR/latency.json``
 then draws its latency figures from that file and says so. Copy a run directory to the
 machine you deploy on and run the command there to get that machine's front.
 
+On a shared machine the load changes from one model to the next (two runs of the same
+command, each model's median pass, put one model's time relative to the reference's 0.66x to
+1.42x apart). So the reference is timed first, its fastest pass, and every other model
+alternates with it pass by pass: a model's figure is its fastest pass over the reference's
+in the same window, times the reference's figure. The fastest pass is the least disturbed one,
+and the ratio, which the latency front plots, carries no drift between models.
+
 Latency depends on a model's structure, not on its weights. A trial's structure is its
 ``plan.json``. A baseline's is rebuilt by pruning the cached reference again, which is
 deterministic; one whose FLOPs differ from those its run recorded is skipped with a warning,
@@ -16,6 +23,7 @@ never timed as something else.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import warnings
@@ -47,6 +55,21 @@ def _cpu_name() -> str:
 
 
 Builder = Callable[[], nn.Module]
+
+
+_FIELDS = ("latency_ms", "latency_batch1_ms")  # at the run's batch size, at batch 1
+
+
+def _seconds(model: nn.Module, reference: nn.Module | None, reference_ms: float | None,
+             input_shape: tuple[int, ...], batch_size: int, passes: int) -> float:
+    """``model``'s seconds per pass: its fastest pass against the reference's, the two
+    alternating pass by pass, times the reference's own figure ``reference_ms``; its own
+    fastest pass for the reference itself, or where the run has none."""
+    if reference is None or model is reference or reference_ms is None:
+        return measure.fastest_passes([model], input_shape, batch_size, passes)[0]
+    reference_s, model_s = measure.fastest_passes([reference, model], input_shape, batch_size,
+                                                  passes)
+    return 1e-3 * reference_ms * model_s / reference_s
 
 
 def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
@@ -106,7 +129,8 @@ def measure_run(
 
     Each model is timed at ``batch_size`` (default: the config's ``latency.batch_size``) and
     at batch 1 on ``threads`` threads (default: the config's ``latency.threads``, else
-    PyTorch's), in fp32, as :func:`ranksearch.measure.latency` times it. The file is
+    PyTorch's), in fp32, its fastest of ``repeats`` passes beside the reference's (the module
+    docstring); ``OMP_WAIT_POLICY=PASSIVE`` draws a warning, as it slows small passes. The file is
     rewritten after each model, so an interrupted call keeps what it timed and the next call
     with the same settings times only the rest; other settings start it over.
 
@@ -120,6 +144,10 @@ def measure_run(
     run, config, study = open_run_study(run_dir)
     batch_size = batch_size or config.latency.batch_size
     threads = threads or config.latency.threads or torch.get_num_threads()
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        warnings.warn("OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep between operators, "
+                      "so every timing includes their wake-ups (2-5x at batch 1 on 2 cores); "
+                      "time without it", stacklevel=2)
     settings = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
     previous = read_json(run.latency_path) if run.latency_path.is_file() else {}
     result: dict[str, Any] = {**settings, "host": platform.node(), "cpu": _cpu_name(),
@@ -127,24 +155,26 @@ def measure_run(
     if all(previous.get(k) == v for k, v in settings.items()):
         result["models"] = previous.get("models", {})
     found, input_shape = _models(run, config, study)
+    reference = found["reference"][0]() if "reference" in found else None
     on_disk = previous
     for key, (build, recorded_flops) in found.items():
         if key in result["models"]:
             continue
-        model = build()
+        model = reference if key == "reference" else build()
         flops = measure.flops(model, input_shape)
         if recorded_flops is not None and abs(flops - recorded_flops) > 1e-6 * recorded_flops:
             warnings.warn(f"{key}: pruning the reference again gave {flops:,} FLOPs, not the "
                           f"{recorded_flops:,.0f} its run recorded; not timed", stacklevel=2)
             continue
+        timed = {}
         with measure.num_threads(threads):
-            timed = measure.latency(model, input_shape, batch_size=batch_size, repeats=repeats)
-            timed_1 = (measure.latency(model, input_shape, repeats=repeats)
-                       if batch_size > 1 else timed)
-        result["models"][key] = {"latency_ms": 1e3 * timed, "latency_batch1_ms": 1e3 * timed_1,
-                                 "flops": flops}
-        print(f"{key}: {1e3 * timed:.2f} ms at batch {batch_size}, {1e3 * timed_1:.2f} ms at "
-              f"batch 1", file=sys.stderr, flush=True)
+            for batch in dict.fromkeys((batch_size, 1)):
+                own = result["models"].get("reference", {}).get(_FIELDS[batch == 1])
+                timed[batch] = _seconds(model, reference, own, input_shape, batch, repeats)
+        result["models"][key] = {"latency_ms": 1e3 * timed[batch_size],
+                                 "latency_batch1_ms": 1e3 * timed[1], "flops": flops}
+        print(f"{key}: {1e3 * timed[batch_size]:.2f} ms at batch {batch_size}, "
+              f"{1e3 * timed[1]:.2f} ms at batch 1", file=sys.stderr, flush=True)
         write_json(run.latency_path, result)
         on_disk = result
     if result != on_disk:  # nothing timed now, yet the file is new or from other settings

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ranksearch import cli, measure
+from ranksearch import cli, latency, measure
 from ranksearch.runs import read_json
 
 
@@ -58,12 +58,35 @@ def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines
 
     # Same settings: nothing is timed again; other settings: everything is.
     calls = []
-    monkeypatch.setattr(measure, "latency", lambda *a, **k: calls.append(1) or 1e-3)
+    monkeypatch.setattr(measure, "fastest_passes",
+                        lambda models, *a, **k: calls.append(1) or [1e-3] * len(models))
     cli.main(["latency", str(run), "--repeats", "2"])
     assert not calls
     cli.main(["latency", str(run), "--repeats", "2", "--batch-size", "2"])
     assert len(calls) == 2 * 4  # batch 2 and batch 1, four models
-    assert read_json(run / "latency.json")["batch_size"] == 2
+    timings = read_json(run / "latency.json")
+    assert timings["batch_size"] == 2
+    # Each model against the reference in the same window, times the reference's figure.
+    assert {m["latency_ms"] for m in timings["models"].values()} == {1.0}
+
+
+def test_a_model_is_timed_as_its_ratio_to_the_reference_beside_it(run_with_baselines,
+                                                                   monkeypatch) -> None:
+    def fastest_passes(models, *args, **kwargs):
+        # The load doubles between the reference's own timing and the other models'.
+        return [2e-3] if len(models) == 1 else [4e-3, 6e-3]
+
+    monkeypatch.setattr(measure, "fastest_passes", fastest_passes)
+    timings = latency.measure_run(run_with_baselines, repeats=2)["models"]
+    assert timings["reference"]["latency_ms"] == pytest.approx(2.0)
+    assert timings["trial:0"]["latency_ms"] == pytest.approx(3.0)  # 1.5x the reference
+
+
+def test_timing_under_a_passive_openmp_policy_warns(run_with_baselines, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    monkeypatch.setattr(measure, "fastest_passes", lambda models, *a, **k: [1e-3] * len(models))
+    with pytest.warns(UserWarning, match="OMP_WAIT_POLICY=PASSIVE"):
+        latency.measure_run(run_with_baselines, repeats=2)
 
 
 def test_a_run_without_trials_is_one_line(tmp_path, tiny_space, capsys):
