@@ -134,8 +134,8 @@ def measure_run(
     rewritten after each model, so an interrupted call keeps what it timed and the next call
     with the same settings times only the rest; other settings start it over.
 
-    Returns the file's content: ``batch_size``, ``threads``, ``repeats``, ``host``, ``cpu``,
-    ``torch`` and ``models``, a mapping of ``reference``, ``trial:<number>`` and
+    Returns the file's content: ``batch_size``, ``threads``, ``repeats``, ``timing``,
+    ``host``, ``cpu``, ``torch`` and ``models``, a mapping of ``reference``, ``trial:<number>`` and
     ``baseline:<method>-<target>x`` to ``{latency_ms, latency_batch1_ms, flops}``.
 
     Raises:
@@ -148,7 +148,10 @@ def measure_run(
         warnings.warn("OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep between operators, "
                       "so every timing includes their wake-ups (2-5x at batch 1 on 2 cores); "
                       "time without it", stacklevel=2)
-    settings = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
+    # "timing" names the method, so that a file timed the earlier way (each model's median
+    # pass on its own) starts over instead of mixing the two.
+    settings = {"batch_size": batch_size, "threads": threads, "repeats": repeats,
+                "timing": "fastest pass beside the reference"}
     previous = read_json(run.latency_path) if run.latency_path.is_file() else {}
     result: dict[str, Any] = {**settings, "host": platform.node(), "cpu": _cpu_name(),
                               "torch": torch.__version__, "models": {}}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ranksearch import cli, latency, measure
-from ranksearch.runs import read_json
+from ranksearch.runs import read_json, write_json
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,17 @@ def test_a_model_is_timed_as_its_ratio_to_the_reference_beside_it(run_with_basel
     timings = latency.measure_run(run_with_baselines, repeats=2)["models"]
     assert timings["reference"]["latency_ms"] == pytest.approx(2.0)
     assert timings["trial:0"]["latency_ms"] == pytest.approx(3.0)  # 1.5x the reference
+
+
+def test_a_file_timed_the_earlier_way_is_timed_again(run_with_baselines, monkeypatch) -> None:
+    monkeypatch.setattr(measure, "fastest_passes", lambda models, *a, **k: [1e-3] * len(models))
+    first = latency.measure_run(run_with_baselines, repeats=2)
+    earlier = {key: value for key, value in first.items() if key != "timing"}
+    earlier["models"] = {key: {**value, "latency_ms": 99.0}
+                         for key, value in first["models"].items()}
+    write_json(run_with_baselines / "latency.json", earlier)
+    again = latency.measure_run(run_with_baselines, repeats=2)["models"]
+    assert {m["latency_ms"] for m in again.values()} == {1.0}
 
 
 def test_timing_under_a_passive_openmp_policy_warns(run_with_baselines, monkeypatch) -> None:
