@@ -21,7 +21,7 @@ done
 # The trials timed their models while the other worker trained on the same cores: time every
 # model again, one at a time, for the latency front (resumes where it stopped). Not under the
 # passive OpenMP policy: sleeping threads add their wake-ups to every operator.
-env -u OMP_WAIT_POLICY ranksearch latency "$RUN"
+env -u OMP_WAIT_POLICY ranksearch latency "$RUN" --repeats 100
 ranksearch report "$RUN" --out reports/fashion-mnist-resnet20
 end=$(date +%s)
 ranksearch status "$RUN"
