@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .conventions import FLOPS_CONVENTION
+from .svd.compact import fastest_seconds
 
 __all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "fastest_passes", "example_input",
            "is_channels_last", "num_threads"]
@@ -116,17 +116,7 @@ def fastest_passes(
     """
     copies = [copy.deepcopy(model).cpu().eval() for model in models]
     x = example_input(copies[0], input_shape, batch_size)
-    best = [math.inf] * len(copies)
-    with torch.inference_mode():
-        for model in copies:
-            for _ in range(3):
-                model(x)
-        for _ in range(passes):
-            for i, model in enumerate(copies):
-                start = clock()
-                model(x)
-                best[i] = min(best[i], clock() - start)
-    return best
+    return fastest_seconds(copies, x, passes, warmup=3, clock=clock)
 
 
 @contextlib.contextmanager

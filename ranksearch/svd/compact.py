@@ -46,7 +46,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -60,7 +60,7 @@ from .prune import ranked_indices
 
 __all__ = [
     "RANK_MULTIPLE", "WIDE_RANK_MULTIPLE", "compact", "compaction_plan", "build_compact",
-    "rank_multiple_for", "saves_flops",
+    "rank_multiple_for", "saves_flops", "fastest_seconds",
 ]
 
 #: Default rounding of kept ranks in narrow layers, and in wide ones (full rank >= WIDE_RANK).
@@ -140,7 +140,7 @@ def compaction_plan(
                 memory_format=torch.channels_last):
             pair.to(memory_format=torch.channels_last)
             dense.to(memory_format=torch.channels_last)
-        pair_seconds, dense_seconds = _best_seconds((pair, dense), x, repeats)
+        pair_seconds, dense_seconds = fastest_seconds((pair, dense), x, repeats)
         plan[name] = ranks[name] if pair_seconds < dense_seconds else None
     return plan
 
@@ -297,18 +297,22 @@ def _layer_inputs(
     return inputs
 
 
-def _best_seconds(
-    modules: tuple[nn.Module, ...], x: torch.Tensor, repeats: int
+def fastest_seconds(
+    modules: Sequence[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Best-of-``repeats`` CPU time of each module on ``x``; the modules alternate so that
-    load from other processes affects them alike."""
+    """Seconds of the fastest of ``repeats`` passes of each module on ``x``, after ``warmup``
+    untimed ones each (first calls allocate and pick kernels); the modules alternate pass by
+    pass so that load from other processes affects them alike, and load only ever adds
+    time, so the fastest pass is the least disturbed one."""
     best = [math.inf] * len(modules)
     with torch.inference_mode():
         for module in modules:
-            module(x)  # warm-up: first calls allocate and pick kernels
+            for _ in range(warmup):
+                module(x)
         for _ in range(repeats):
             for i, module in enumerate(modules):
-                start = time.perf_counter()
+                start = clock()
                 module(x)
-                best[i] = min(best[i], time.perf_counter() - start)
+                best[i] = min(best[i], clock() - start)
     return best
