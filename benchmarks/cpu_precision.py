@@ -7,7 +7,10 @@ Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNI
 * ``fp32+cl``: channels_last;
 * ``bf16+cl``: channels_last and bf16 autocast (``precision: auto`` on a CPU with
   AVX512-BF16/AMX), regularisers and the batch norm outputs that reach more than a
-  convolution (residual sums) in fp32 (``ranksearch.precision.fp32_batch_norms``).
+  convolution (residual sums) in fp32 (``ranksearch.precision.fp32_batch_norms``);
+* ``bf16-plain+cl``: the same without ``fp32_batch_norms``, autocast as PyTorch gives it
+  (every batch norm returns the bf16 it receives): what the fp32 residual stream costs in
+  time and what it buys in accuracy. ranksearch never trains this way.
 
 All three step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
@@ -17,9 +20,10 @@ in rounds of ``--steps`` steps so that load from other processes affects them al
 median round.
 
 **Parity.** The same short reference schedule (SGD 0.1, Nesterov, cosine, weight decay 5e-4,
-``--epochs`` epochs, same seed and batch order) trained in ``fp32+cl`` and in ``bf16+cl``,
-then the test accuracy of each (evaluated in fp32). Parity means within 0.3 point; with
-``--seeds``, one pair per seed (initialisation and batch order) and the mean gap.
+``--epochs`` epochs, same seed and batch order) trained in ``fp32+cl`` and in each bf16
+setting, then the test accuracy of each (evaluated in fp32). Parity means within 0.3 point
+of ``fp32+cl``; with ``--seeds``, one run per seed (initialisation and batch order) and
+setting, and the mean gap of each bf16 setting.
 
     python benchmarks/cpu_precision.py --epochs 3
     python benchmarks/cpu_precision.py --epochs 3 --rounds 0 --seeds 1 2 --out ...  # parity only
@@ -29,12 +33,14 @@ then the test accuracy of each (evaluated in fp32). Parity means within 0.3 poin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -48,11 +54,26 @@ DATASETS = {
     "fashion-mnist": "fashion-mnist (full; test = official test split)",
     "digits": "digits (scikit-learn's 8x8; test = ranksearch's fixed 20 % split)",
 }
-SETTINGS = {  # name: (precision, channels_last)
-    "fp32": ("fp32", False),
-    "fp32+cl": ("fp32", True),
-    "bf16+cl": ("auto", True),
+SETTINGS = {  # name: (precision, channels_last, fp32 batch-norm outputs)
+    "fp32": ("fp32", False, True),
+    "fp32+cl": ("fp32", True, True),
+    "bf16+cl": ("auto", True, True),
+    "bf16-plain+cl": ("auto", True, False),
 }
+BF16_SETTINGS = [name for name, (precision, _, _) in SETTINGS.items() if precision != "fp32"]
+
+
+@contextlib.contextmanager
+def _norms_as_autocast_leaves_them(_model: torch.nn.Module, _precision: str):  # noqa: ANN202
+    yield
+
+
+def _fit(model: torch.nn.Module, phase: Phase, fp32_norms: bool):  # noqa: ANN202
+    """``fit``, with ``fp32_batch_norms`` replaced by nothing for a ``-plain`` setting."""
+    if fp32_norms:
+        return fit(model, phase)
+    with mock.patch("ranksearch.train.fp32_batch_norms", _norms_as_autocast_leaves_them):
+        return fit(model, phase)
 
 
 def _regulariser(model: torch.nn.Module) -> torch.Tensor:
@@ -70,11 +91,11 @@ def step_times(data, kind: str, steps: int, rounds: int, batch_size: int) -> dic
         nets[name] = svd.decompose(net, exclude=("conv1", "fc")) if kind == "svd" else net
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for round_ in range(rounds + 1):
-        for name, (precision, channels_last) in SETTINGS.items():
+        for name, (precision, channels_last, fp32_norms) in SETTINGS.items():
             phase = Phase("svd" if kind == "svd" else "reference", data, schedule, seed=round_,
                           precision=precision, channels_last=channels_last,
                           regulariser=_regulariser if kind == "svd" else None, progress=False)
-            result = fit(nets[name], phase)
+            result = _fit(nets[name], phase, fp32_norms)
             if round_:  # the first round warms up (allocations, kernel choice)
                 times[name].append(result.seconds / steps)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -84,12 +105,13 @@ def parity(data, epochs: int, seed: int, batch_size: int) -> dict[str, float]:
     schedule = Schedule(epochs=epochs, lr=0.1, optimizer="sgd", weight_decay=5e-4,
                         batch_size=batch_size)
     accuracy = {}
-    for name in ("fp32+cl", "bf16+cl"):
-        precision, channels_last = SETTINGS[name]
+    for name in ("fp32+cl", *BF16_SETTINGS):
+        precision, channels_last, fp32_norms = SETTINGS[name]
         torch.manual_seed(seed)
         model = models.create("resnet20", num_classes=10, in_channels=1)
-        result = fit(model, Phase("reference", data, schedule, seed=seed, precision=precision,
-                                  channels_last=channels_last, desc=name, progress=False))
+        result = _fit(model, Phase("reference", data, schedule, seed=seed, precision=precision,
+                                   channels_last=channels_last, desc=name, progress=False),
+                      fp32_norms)
         accuracy[name] = evaluate(model, data, "test")
         print(f"seed {seed}, {name}: test accuracy {accuracy[name]:.4f} after {epochs} epochs "
               f"({result.seconds:.0f} s)", flush=True)
@@ -115,7 +137,8 @@ def main() -> None:
               flush=True)
     accuracy = ({seed: parity(data, args.epochs, seed, args.batch_size) for seed in args.seeds}
                 if args.epochs else {})
-    gaps = {seed: 100 * (a["bf16+cl"] - a["fp32+cl"]) for seed, a in accuracy.items()}
+    gaps = {name: {seed: 100 * (a[name] - a["fp32+cl"]) for seed, a in accuracy.items()}
+            for name in BF16_SETTINGS}
     out = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_has_bf16": cpu_has_bf16(), "bf16_resolves_to": resolve_precision("auto", "cpu"),
@@ -129,8 +152,10 @@ def main() -> None:
                             for kind, values in timing.items()},
         "parity_epochs": args.epochs,
         "test_accuracy": {str(seed): a for seed, a in accuracy.items()},
-        "accuracy_gap_points": {str(seed): g for seed, g in gaps.items()},
-        "mean_gap_points": statistics.mean(gaps.values()) if gaps else None,
+        "accuracy_gap_points": {name: {str(seed): g for seed, g in by_seed.items()}
+                                for name, by_seed in gaps.items() if by_seed},
+        "mean_gap_points": {name: statistics.mean(by_seed.values())
+                            for name, by_seed in gaps.items() if by_seed},
         "seconds": time.perf_counter() - start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
