@@ -151,13 +151,16 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     output: the convolution would round the fp32 values back to the same bf16 ones, forward
     and backward, so the two casts would cost time and change nothing. The model's first
     forward pass inside the block finds these norms (every norm returns fp32 during it); the
-    later passes skip their casts.
+    passes from the second on skip their casts. The first pass's backward still sees every
+    norm return fp32, as its forward did: a model that recomputes activations there
+    (``torch.utils.checkpoint``) recomputes them as they were.
     """
     if precision != "bf16":
         yield
         return
     handles = {}
     follower: list[_NormOutputs] = []  # the pass being followed, while it runs
+    decided: list[set[str]] = []  # the norms that keep bf16, once the first pass found them
 
     def fp32_output(name: str, _module: nn.Module, _args: Any, output: Any) -> Any:
         if isinstance(output, torch.Tensor) and output.dtype == torch.bfloat16:
@@ -167,18 +170,22 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
         return output
 
     def follow(_model: nn.Module, _args: Any) -> None:
+        if decided:
+            for handle in passes:
+                handle.remove()
+            for name in decided.pop():
+                handles.pop(name).remove()
+            return
         follower.append(_NormOutputs())
         follower[0].__enter__()
 
     def decide(_model: nn.Module, _args: Any, output: Any) -> None:
+        if not follower:  # the second pass, which removed this hook as it began
+            return
         outputs = follower.pop()
         outputs.__exit__(None, None, None)
-        if output is None:  # the pass raised: follow the next one
-            return
-        for handle in passes:
-            handle.remove()
-        for name in outputs.marked - outputs.needs_fp32 - outputs.names_in(output):
-            handles.pop(name).remove()
+        if output is not None:  # else the pass raised: follow the next one
+            decided.append(outputs.marked - outputs.needs_fp32 - outputs.names_in(output))
 
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ranksearch import measure, models, precision, svd, train
 from ranksearch.config import Schedule
@@ -99,15 +100,21 @@ def test_norms_that_only_feed_convolutions_keep_bf16_and_change_nothing(decompos
     if decomposed:
         model = svd.decompose(model, exclude=("conv1", "fc"))
     every = copy.deepcopy(model)
+    norms = {name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    hooked = []  # the norms that return fp32, as each pass ends
+    watch = model.fc.register_forward_hook(lambda *_: hooked.append(
+        {name for name in norms if model.get_submodule(name)._forward_hooks}))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with precision.fp32_batch_norms(model, "bf16"):
         _bf16_step(model, optimizer)
-        # After the first pass: a block's first norm (BN -> ReLU -> conv) returns bf16, the
-        # norms whose outputs are summed with the shortcut, and the stem's, return fp32.
-        hooked = {name for name, m in model.named_modules() if m._forward_hooks}
-        assert {"layer1.0.bn2", "layer2.0.downsample.1", "bn1"} <= hooked
-        assert not hooked & {f"layer{s}.{b}.bn1" for s in (1, 2, 3) for b in (0, 1, 2)}
         _bf16_step(model, optimizer)
+    watch.remove()
+    # The first pass (and so its backward) returns fp32 from every norm. From the second: a
+    # block's first norm (BN -> ReLU -> conv) returns bf16, the norms whose outputs are summed
+    # with the shortcut, and the stem's, return fp32.
+    assert hooked[0] == norms
+    assert {"layer1.0.bn2", "layer2.0.downsample.1", "bn1"} <= hooked[1]
+    assert not hooked[1] & {f"layer{s}.{b}.bn1" for s in (1, 2, 3) for b in (0, 1, 2)}
     optimizer = torch.optim.SGD(every.parameters(), lr=0.1, momentum=0.9)
     with _every_norm_in_fp32(every):
         _bf16_step(every, optimizer)
@@ -164,7 +171,47 @@ def test_a_pass_that_raises_leaves_no_tracing_behind() -> None:
             model(torch.randn(4, 5, 16, 16))  # 5 channels into a 3-channel convolution
         assert torch._C._len_torch_function_stack() == 0
         model(torch.randn(4, 3, 16, 16))  # the next pass is followed instead
+        model(torch.randn(4, 3, 16, 16))
         assert not model[1]._forward_hooks
+
+
+class _CheckpointedBlock(nn.Module):
+    """A residual block whose activations the backward pass recomputes."""
+
+    def __init__(self, checkpointed: bool) -> None:
+        super().__init__()
+        self.checkpointed = checkpointed
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed:
+            return F.relu(x + checkpoint(self.body, x, use_reentrant=False))
+        return F.relu(x + self.body(x))
+
+
+def test_a_model_that_recomputes_activations_trains_as_without() -> None:
+    trained = {}
+    for checkpointed in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                              _CheckpointedBlock(checkpointed), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Linear(8, 4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with precision.fp32_batch_norms(model, "bf16"):
+            for step in range(3):
+                torch.manual_seed(step)
+                optimizer.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    # The recomputation in the first backward would see other dtypes than
+                    # its forward produced, and checkpoint would refuse it, if the first
+                    # pass's decision took effect before its backward.
+                    loss = model(torch.randn(4, 3, 10, 10)).float().square().mean()
+                loss.backward()
+                optimizer.step()
+        trained[checkpointed] = dict(model.named_parameters())
+    for name, value in trained[True].items():
+        assert torch.equal(value, trained[False][name]), name
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
