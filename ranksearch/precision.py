@@ -144,7 +144,7 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     ResNet's residual sums, block after block, are bf16 (8 bits of mantissa). With fp32
     outputs they stay fp32 while convolutions and matrix products still run in bf16. On
     ResNet-20 / Fashion-MNIST (3 epochs, 3 seeds, ``benchmarks/cpu_precision.py``) bf16 ended
-    0.33 point below fp32 on average without this, and level with it with this.
+    0.36 point below fp32 on average without this, and level with it with this.
 
     A norm whose output reaches only convolutions and linear layers, directly or through
     ReLU-like clamps and max pooling (a block's first norm: BN → ReLU → conv), keeps its bf16
