@@ -154,8 +154,9 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     passes from the second on skip their casts. The first pass's backward still sees every
     norm return fp32, as its forward did: a model that recomputes activations there
     (``torch.utils.checkpoint``) recomputes them as they were, provided the loop runs that
-    backward before the second forward pass (one pass per step, as ``ranksearch.train.fit`` does; a loop
-    that accumulates gradients over several passes before the first backward does not).
+    backward before the second forward pass (one pass per step, as ``ranksearch.train.fit``
+    does; a loop that accumulates gradients over several passes before the first backward
+    does not).
     """
     if precision != "bf16":
         yield
