@@ -1,6 +1,6 @@
 """CPU training speed and accuracy parity: fp32, channels_last, bf16 autocast.
 
-Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNIST (or, with
+Four settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNIST (or, with
 ``--dataset digits``, the quickstart's 8x8 digits):
 
 * ``fp32``: NCHW, fp32 (the default of the shipped spaces before bf16 on CPUs);
@@ -12,7 +12,7 @@ Three settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNI
   (every batch norm returns the bf16 it receives): what the fp32 residual stream costs in
   time and what it buys in accuracy. ranksearch never trains this way.
 
-All three step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
+All four step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
 **Speed.** Seconds per training step (``--batch-size``, 128 by default) of the dense model
 and of the SVD model (channel scheme, orthogonality + Hoyer), the three settings alternating
