@@ -151,12 +151,10 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     output: the convolution would round the fp32 values back to the same bf16 ones, forward
     and backward, so the two casts would cost time and change nothing. The model's first
     forward pass inside the block finds these norms (every norm returns fp32 during it); the
-    passes from the second on skip their casts. The first pass's backward still sees every
-    norm return fp32, as its forward did: a model that recomputes activations there
-    (``torch.utils.checkpoint``) recomputes them as they were, provided the loop runs that
-    backward before the second forward pass (one pass per step, as ``ranksearch.train.fit``
-    does; a loop that accumulates gradients over several passes before the first backward
-    does not).
+    later passes skip their casts, from the first pass that begins once the backward of every
+    earlier pass has begun. Until then every norm returns fp32, so a model that recomputes
+    activations in its backward (``torch.utils.checkpoint``) recomputes them as its forward
+    ran them, also in a loop that accumulates gradients over several passes.
     """
     if precision != "bf16":
         yield
@@ -164,6 +162,8 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     handles = {}
     follower: list[_NormOutputs] = []  # the pass being followed, while it runs
     decided: list[set[str]] = []  # the norms that keep bf16, once the first pass found them
+    # One token per pass run with every norm in fp32 whose backward has not begun yet.
+    awaiting_backward: set[object] = set()
 
     def fp32_output(name: str, _module: nn.Module, _args: Any, output: Any) -> Any:
         if isinstance(output, torch.Tensor) and output.dtype == torch.bfloat16:
@@ -173,22 +173,31 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
         return output
 
     def follow(_model: nn.Module, _args: Any) -> None:
-        if decided:
+        if decided and not awaiting_backward:
             for handle in passes:
                 handle.remove()
             for name in decided.pop():
                 handles.pop(name).remove()
-            return
-        follower.append(_NormOutputs())
-        follower[0].__enter__()
+        elif not decided:
+            follower.append(_NormOutputs())
+            follower[0].__enter__()
+
+    def await_backward(output: Any) -> None:
+        token = object()
+        for leaf in tree_leaves(output):
+            if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+                awaiting_backward.add(token)
+                leaf.register_hook(lambda _grad: awaiting_backward.discard(token))
 
     def decide(_model: nn.Module, _args: Any, output: Any) -> None:
-        if not follower:  # the second pass, which removed this hook as it began
+        if not (follower or decided):  # a pass after the decision took effect
             return
-        outputs = follower.pop()
-        outputs.__exit__(None, None, None)
-        if output is not None:  # else the pass raised: follow the next one
-            decided.append(outputs.marked - outputs.needs_fp32 - outputs.names_in(output))
+        await_backward(output)
+        if follower:
+            outputs = follower.pop()
+            outputs.__exit__(None, None, None)
+            if output is not None:  # else the pass raised: follow the next one
+                decided.append(outputs.marked - outputs.needs_fp32 - outputs.names_in(output))
 
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

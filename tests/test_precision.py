@@ -134,7 +134,9 @@ def test_norms_reaching_anything_but_a_convolution_return_fp32() -> None:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.BatchNorm1d(8),  # output
     )
     dtypes = {}
-    with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+    # No graph (as when batch norms are recalibrated): no backward for the decision to wait for.
+    with (precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16),
+          torch.no_grad()):
         for name in ("1", "5", "10"):  # after the context's hooks: sees what they return
             model.get_submodule(name).register_forward_hook(
                 lambda _m, _a, out, name=name: dtypes.__setitem__(name, out.dtype))
@@ -166,7 +168,8 @@ def test_a_norm_feeding_a_convolution_outside_autocast_stays_fp32() -> None:
 
 def test_a_pass_that_raises_leaves_no_tracing_behind() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
-    with precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+    with (precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16),
+          torch.no_grad()):
         with pytest.raises(RuntimeError):
             model(torch.randn(4, 5, 16, 16))  # 5 channels into a 3-channel convolution
         assert torch._C._len_torch_function_stack() == 0
@@ -190,8 +193,9 @@ class _CheckpointedBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-def test_a_model_that_recomputes_activations_trains_as_without() -> None:
-    trained = {}
+@pytest.mark.parametrize("passes_per_step", [1, 2])
+def test_a_model_that_recomputes_activations_trains_as_without(passes_per_step: int) -> None:
+    trained, hooked = {}, {}
     for checkpointed in (True, False):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -200,16 +204,22 @@ def test_a_model_that_recomputes_activations_trains_as_without() -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         with precision.fp32_batch_norms(model, "bf16"):
             for step in range(3):
-                torch.manual_seed(step)
                 optimizer.zero_grad()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    # The recomputation in the first backward would see other dtypes than
-                    # its forward produced, and checkpoint would refuse it, if the first
-                    # pass's decision took effect before its backward.
-                    loss = model(torch.randn(4, 3, 10, 10)).float().square().mean()
-                loss.backward()
+                    # Each backward recomputes its pass's block. Had the first pass's
+                    # decision taken effect before the backward of every pass run with all
+                    # norms in fp32, a recomputation would see other dtypes than its forward
+                    # produced, and checkpoint would refuse it.
+                    losses = [model(torch.randn(4, 3, 10, 10, generator=torch.Generator()
+                                                .manual_seed(10 * step + i))).float().square()
+                              .mean() for i in range(passes_per_step)]
+                for loss in losses:
+                    loss.backward()
                 optimizer.step()
+            # The block's first norm feeds a convolution only: its casts are gone by now.
+            hooked[checkpointed] = bool(model[3].body[1]._forward_hooks)
         trained[checkpointed] = dict(model.named_parameters())
+    assert hooked == {True: False, False: False}
     for name, value in trained[True].items():
         assert torch.equal(value, trained[False][name]), name
 
