@@ -190,8 +190,7 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
                 leaf.register_hook(lambda _grad: awaiting_backward.discard(token))
 
     def decide(_model: nn.Module, _args: Any, output: Any) -> None:
-        if not (follower or decided):  # a pass after the decision took effect
-            return
+        # Not called once the decision took effect: follow removed this hook as the pass began.
         await_backward(output)
         if follower:
             outputs = follower.pop()
