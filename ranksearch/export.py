@@ -170,10 +170,15 @@ def _inputs(plan: dict[str, Any]) -> str:
             f"({mean}) and std ({std}) (also in `plan.json`).")
 
 
+def _deployed_form(width: int | None) -> str:
+    """How the model deploys a layer: its plan entry is the pair's inner width, rounded up
+    from the kept rank with zero singular values (the same function), or None when merged."""
+    return "one dense layer (merged back)" if width is None else f"two layers, inner width {width}"
+
+
 def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: str) -> str:
     rank_lines = "\n".join(
-        f"| `{name}` | {rank} | "
-        f"{'one dense layer (merged back)' if plan['plan'].get(name) is None else 'two layers'} |"
+        f"| `{name}` | {rank} | {_deployed_form(plan['plan'].get(name))} |"
         for name, rank in metrics["ranks"].items())
     return f"""# ranksearch export: trial {number}
 
@@ -193,7 +198,7 @@ FLOPs: {FLOPS_CONVENTION}, input shape {tuple(plan['input_shape'])}.
 
 ```python
 import ranksearch
-model = ranksearch.load("path/to/this/folder"); plain torch.nn layers, nothing unpickled
+model = ranksearch.load("path/to/this/folder")  # plain torch.nn layers, nothing unpickled
 ```
 
 `model.onnx` runs in ONNX Runtime (input `input`, any batch size). `ranksearch train
@@ -201,7 +206,7 @@ config.yaml` reruns the trial with these exact ranks.
 
 ## Kept rank per layer
 
-| layer | kept rank | form |
+| layer | kept rank | deployed as |
 |---|---|---|
 {rank_lines}
 """

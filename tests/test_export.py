@@ -65,6 +65,29 @@ def test_export_load_onnx_and_train(finished_run, tmp_path, capsys):
     assert again["flops"] == trial_metrics["flops"]
 
 
+
+def test_export_readme_code_runs_and_names_the_deployed_widths(finished_run, tmp_path):
+    out = tmp_path / "best"
+    cli.main(["export", str(finished_run), "--min-accuracy", "0", "--out", str(out)])
+    readme = (out / "README.md").read_text()
+    code = readme.split("```python\n")[1].split("```")[0]
+    # The load snippet runs as written, with the folder's real path.
+    namespace: dict = {}
+    exec(code.replace("path/to/this/folder", str(out)), namespace)  # noqa: S102
+    model = namespace["model"]
+    # Each layer's row says what the loaded model has: a pair's inner width (the kept rank
+    # rounded up) or one merged dense layer.
+    plan = read_json(out / "plan.json")["plan"]
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(plan)
+    for name, width in plan.items():
+        if width is None:
+            assert "merged back" in rows[name]
+            assert hasattr(model.get_submodule(name), "weight")
+        else:
+            assert rows[name].endswith(f"inner width {width} |")
+            assert model.get_submodule(name)[0].weight.shape[0] == width
+
 def test_selection_rules(finished_run, tmp_path, capsys):
     cli.main(["export", str(finished_run), "--min-accuracy", "0", "--out", str(tmp_path / "a")])
     cli.main(["export", str(finished_run), "--max-flops", "1x", "--out", str(tmp_path / "b")])
