@@ -408,6 +408,13 @@ def test_compact_reproduces_pruned_model(scheme: str) -> None:
         (lambda: nn.Conv2d(4, 8, 3, padding=1), "spatial", 7, 8),
         # pointwise-first: r · (4 + 8·9) < 288 ⇔ r ≤ 3
         (lambda: nn.Conv2d(4, 8, 3, padding=1), "pointwise_first", 3, 4),
+        # strided by 2, channel: as unstrided, r ≤ 6
+        (lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1), "channel", 6, 7),
+        # strided, spatial: the 3×1 conv at 2 positions per output, r · (4·3·2 + 8·3) < 288
+        # ⇔ r ≤ 5
+        (lambda: nn.Conv2d(4, 8, 3, stride=2, padding=1), "spatial", 5, 6),
+        # strided, pointwise-first: the 1×1 conv at 4, r · (16·4 + 8·9) < 8 · 16·9 ⇔ r ≤ 8
+        (lambda: nn.Conv2d(16, 8, 3, stride=2, padding=1), "pointwise_first", 8, 9),
         # linear: r · (10 + 6) < 60 ⇔ r ≤ 3
         (lambda: nn.Linear(10, 6), "channel", 3, 4),
     ],
@@ -416,7 +423,9 @@ def test_merge_back_at_the_rule_boundary(factory, scheme: str, pair_rank: int,
                                          merged_rank: int) -> None:
     torch.manual_seed(0)
     dense = nn.Sequential(factory())
-    x = torch.randn(2, 4, 6, 6) if isinstance(dense[0], nn.Conv2d) else torch.randn(2, 10)
+    shape = ((dense[0].in_channels, 6, 6) if isinstance(dense[0], nn.Conv2d)
+             else (dense[0].in_features,))
+    x = torch.randn(2, *shape)
     for rank, merged in ((pair_rank, False), (merged_rank, True)):
         model = svd.decompose(dense, scheme)
         svd.set_ranks(model, {"0": rank})
@@ -425,6 +434,10 @@ def test_merge_back_at_the_rule_boundary(factory, scheme: str, pair_rank: int,
         compacted = svd.compact(model, rank_multiple=1)
         expected_type = type(dense[0]) if merged else nn.Sequential
         assert type(compacted[0]) is expected_type
+        # The rule is the FLOPs ratio: the pair it keeps counts fewer FLOPs than the dense
+        # layer, the pair of the rank it merges back at least as many.
+        pair = svd.build_compact(dense, {"0": rank}, scheme, channels_last=False)
+        assert (measure.flops(pair, shape) < measure.flops(dense, shape)) is not merged
         torch.testing.assert_close(compacted(x), model(x), atol=1e-5, rtol=1e-5)
 
 

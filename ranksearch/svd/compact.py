@@ -13,15 +13,18 @@ removed and ``s`` folded into the factor built from ``U``:
   original stride, padding and dilation and the bias.
 
 Where the pair saves nothing it is multiplied back into one dense layer. The rule
-(``merge="flops"``) compares weights per output position, a FLOPs proxy that does not depend
-on the input size: the pair is kept when
+(``merge="flops"``) compares multiply-accumulates per output position, which do not depend on
+the input size: the pair is kept when
 
 * ``Linear``: k · (m + n) < n · m;
-* channel: k · (c·kh·kw + n) < n · c·kh·kw (exactly the FLOPs ratio);
-* spatial: k · (c·kh + n·kw) < n · c·kh·kw (the parameter ratio; the FLOPs ratio differs
-  slightly for horizontally strided convs, whose vertical conv runs at every input column);
-* pointwise-first: k · (c + n·kh·kw) < n · c·kh·kw (the parameter ratio; for strided convs
-  the 1×1 conv runs at every input position).
+* channel: k · (c·kh·kw + n) < n · c·kh·kw;
+* spatial: k · (c·kh·sw + n·kw) < n · c·kh·kw (the vertical conv runs at every input column,
+  sw per output position);
+* pointwise-first: k · (c·sh·sw + n·kh·kw) < n · c·kh·kw (the 1×1 conv runs at every input
+  position).
+
+That is the FLOPs ratio exactly where the input's height and width are multiples of the
+stride (sh, sw) under the usual padding (k // 2), and to within the border rows otherwise.
 
 ``merge="latency"`` instead times the pair against the dense layer on the CPU at the input
 each layer receives.
@@ -51,6 +54,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .conv import SVDConv2d, factored_geometry, thin_kernel_sizes
 from .decompose import svd_layers
@@ -86,7 +90,10 @@ def saves_flops(layer: nn.Module, scheme: Scheme, rank: int) -> bool:
         return rank * (m + n) < n * m
     n, c, (kh, kw) = layer.out_channels, layer.in_channels, layer.kernel_size
     first, second = thin_kernel_sizes(scheme, layer.kernel_size)
-    return rank * (c * math.prod(first) + n * math.prod(second)) < n * c * kh * kw
+    first_geometry, _ = factored_geometry(scheme, layer.stride, layer.padding, layer.dilation)
+    # Positions of the first conv per output position: where it strides less than the layer.
+    first_runs = math.prod(layer.stride) // math.prod(_pair(first_geometry["stride"]))
+    return rank * (c * math.prod(first) * first_runs + n * math.prod(second)) < n * c * kh * kw
 
 
 def compaction_plan(
