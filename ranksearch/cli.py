@@ -28,9 +28,9 @@ def cmd_search(args) -> None:
 
     config = cfg.load(args.space)
     if args.trials is not None:
-        config = config.model_copy(update={"trials": args.trials})
+        config = cfg.updated(config, "--trials", trials=args.trials)
     if args.storage:
-        config = config.model_copy(update={"storage": args.storage})
+        config = cfg.updated(config, "--storage", storage=args.storage)
     run = start_search(config, args.run_dir, source=args.space, backend=args.backend,
                        workers=args.workers, address=args.address, progress=not args.quiet,
                        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
@@ -92,8 +92,9 @@ def cmd_latency(args) -> None:
 
     result = measure_run(args.run_dir, batch_size=args.batch_size, threads=args.threads,
                          repeats=args.repeats)
-    print(f"{len(result['models'])} models timed at batch {result['batch_size']} and 1 on "
-          f"{result['threads']} threads; written to {Path(args.run_dir) / 'latency.json'}")
+    batches = " and ".join(str(b) for b in dict.fromkeys((result["batch_size"], 1)))
+    print(f"{len(result['models'])} models timed at batch {batches} on {result['threads']} "
+          f"threads; written to {Path(args.run_dir) / 'latency.json'}")
 
 
 def cmd_baselines(args) -> None:
@@ -110,6 +111,25 @@ def cmd_quickstart(args) -> None:
 
 
 # --- parser --------------------------------------------------------------------------------
+def _at_least(low: float, kind: type = int):  # noqa: ANN202
+    """An argparse type: a ``kind`` number of at least ``low``, else a usage error that says
+    so (``--trials -1`` would otherwise finish at once, ``--repeats 0`` time nothing)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected at least {low}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE = _at_least(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ranksearch",
@@ -130,15 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("space", help="search-space YAML file (see search_spaces/)")
     p.add_argument("--backend", choices=["optuna", "ray"], default="optuna",
                    help="optuna: worker processes on one storage (default); ray: Ray Tune")
-    p.add_argument("--trials", type=int, help="complete trials the study should hold in total "
+    p.add_argument("--trials", type=POSITIVE, help="complete trials the study should hold in total "
                    "(default: the file's 'trials'); a larger number resumes and adds trials")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=POSITIVE, default=1,
                    help="optuna: worker processes on this host; ray: concurrent trials")
     p.add_argument("--storage", help="Optuna storage URL (postgresql://, mysql://, sqlite:///, "
                    "redis://) or journal file; default: RUN_DIR/study.journal")
     p.add_argument("--address", help="ray: address of an existing Ray cluster (HOST:6379)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
+    p.add_argument("--cpus-per-trial", type=_at_least(0, float), default=1.0,
+                   help="ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=_at_least(0, float), default=None,
                    help="ray: GPUs per trial, fractions share a card (default: 1 if CUDA)")
     p.add_argument("--run-dir", help="run directory (default: runs/NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -148,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a URL with a password may instead be set in $RANKSEARCH_STORAGE)")
     p.add_argument("--run-dir", help="where this worker keeps caches and trial files "
                    "(default: the run directory, or runs/NAME for a URL)")
-    p.add_argument("--worker-index", type=int, default=0,
+    p.add_argument("--worker-index", type=_at_least(0), default=0,
                    help="offsets the sampler seed, so workers suggest different points")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -162,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "write a chosen trial's config and compact model", cmd_export)
     p.add_argument("run_dir")
     pick = p.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--trial", type=int, help="this trial number")
+    pick.add_argument("--trial", type=_at_least(0), help="this trial number")
     pick.add_argument("--max-flops", help="the most accurate front point under this many FLOPs "
                       "(e.g. 2.5e6) or this reduction (e.g. 4x)")
     pick.add_argument("--min-accuracy", type=float,
@@ -180,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("latency", "time every model of a run again, one at a time on this machine (the "
             "report then uses these timings)", cmd_latency)
     p.add_argument("run_dir")
-    p.add_argument("--batch-size", type=int, help="default: the config's latency.batch_size")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--batch-size", type=POSITIVE,
+                   help="default: the config's latency.batch_size")
+    p.add_argument("--threads", type=POSITIVE,
                    help="default: the config's latency.threads, else PyTorch's")
-    p.add_argument("--repeats", type=int, default=30, help="timed passes per model (median)")
+    p.add_argument("--repeats", type=POSITIVE, default=30, help="timed passes per model (median)")
 
     p = add("baselines", "run or complete a study's filter-pruning baselines", cmd_baselines)
     p.add_argument("run_dir")
@@ -194,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/quickstart")
     p.add_argument("--out", default="reports/quickstart", help="report folder")
     p.add_argument("--export", default="exports/quickstart", help="export folder")
-    p.add_argument("--trials", type=int, default=None, help="trials (default: the shipped space)")
-    p.add_argument("--max-batches", type=int, default=None,
+    p.add_argument("--trials", type=POSITIVE, default=None,
+                   help="trials (default: the shipped space)")
+    p.add_argument("--max-batches", type=POSITIVE, default=None,
                    help="cap every epoch at this many batches (a smoke run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

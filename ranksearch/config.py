@@ -34,20 +34,8 @@ from .datasets import DatasetName
 from .errors import UserError, validation_message
 
 __all__ = [
-    "ConfigError",
-    "Range",
-    "ModelSpec",
-    "DataSpec",
-    "MetricSpec",
-    "Schedule",
-    "TrialParams",
-    "SearchSpace",
-    "StudyConfig",
-    "load",
-    "loads",
-    "dump",
-    "mask_url",
-    "settings_key",
+    "ConfigError", "Range", "ModelSpec", "DataSpec", "MetricSpec", "Schedule", "TrialParams",
+    "SearchSpace", "StudyConfig", "load", "loads", "updated", "dump", "mask_url", "settings_key",
 ]
 
 # Each choice is one Literal type; the tuples of its values derive from it. Reading a config
@@ -414,6 +402,18 @@ def loads(text: str, source: str = "<config>") -> StudyConfig:
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
     try:
         return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, source)) from None
+
+
+_Model = typing.TypeVar("_Model", bound=BaseModel)
+
+
+def updated(model: _Model, source: str, **changes: Any) -> _Model:
+    """``model`` with ``changes``, validated as a file is (``model_copy`` validates nothing,
+    so a run could get a config it cannot read back); a :class:`ConfigError` names ``source``."""
+    try:
+        return type(model).model_validate({**model.model_dump(), **changes})
     except ValidationError as err:
         raise ConfigError(validation_message(err, source)) from None
 

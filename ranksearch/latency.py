@@ -140,7 +140,11 @@ def measure_run(
 
     Raises:
         UserError: no such run directory, or no trial with a saved model.
+        ValueError: ``batch_size``, ``threads`` or ``repeats`` below 1.
     """
+    for name, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats)):
+        if value is not None and value < 1:  # 0 would time nothing and write NaN over timings
+            raise ValueError(f"{name} must be at least 1, got {value}")
     run, config, study = open_run_study(run_dir)
     batch_size = batch_size or config.latency.batch_size
     threads = threads or config.latency.threads or torch.get_num_threads()
@@ -176,8 +180,9 @@ def measure_run(
                 timed[batch] = _seconds(model, reference, own, input_shape, batch, repeats)
         result["models"][key] = {"latency_ms": 1e3 * timed[batch_size],
                                  "latency_batch1_ms": 1e3 * timed[1], "flops": flops}
-        print(f"{key}: {1e3 * timed[batch_size]:.2f} ms at batch {batch_size}, "
-              f"{1e3 * timed[1]:.2f} ms at batch 1", file=sys.stderr, flush=True)
+        print(f"{key}: " + ", ".join(f"{1e3 * seconds:.2f} ms at batch {batch}"
+                                     for batch, seconds in timed.items()),
+              file=sys.stderr, flush=True)
         write_json(run.latency_path, result)
         on_disk = result
     if result != on_disk:  # nothing timed now, yet the file is new or from other settings

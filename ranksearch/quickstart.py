@@ -26,11 +26,10 @@ def _say(message: str) -> None:
 
 def trimmed(config: cfg.StudyConfig, max_batches: int) -> cfg.StudyConfig:
     """The same study with every epoch capped at ``max_batches`` batches (a smoke run)."""
-    schedule = config.schedule.model_copy(update={
-        phase: getattr(config.schedule, phase).model_copy(update={"max_batches": max_batches})
-        for phase in ("reference", "svd", "finetune")
-    })
-    return config.model_copy(update={"schedule": schedule})
+    schedule = config.schedule.model_dump()
+    for phase in ("reference", "svd", "finetune"):
+        schedule[phase]["max_batches"] = max_batches
+    return cfg.updated(config, "max_batches", schedule=schedule)
 
 
 def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quickstart",
@@ -43,7 +42,7 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
 
     config = cfg.load(QUICKSTART_SPACE)
     if trials is not None:
-        config = config.model_copy(update={"trials": trials})
+        config = cfg.updated(config, "trials", trials=trials)
     if max_batches is not None:
         config = trimmed(config, max_batches)
     run = RunDir(run_dir).create()

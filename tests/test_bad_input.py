@@ -122,6 +122,37 @@ def test_train_needs_params(capsys):
     assert code == 2 and "needs a 'params' section" in err
 
 
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "search_spaces/digits_quickstart.yaml", "--trials", "-1"],
+     "argument --trials: expected at least 1, got -1"),
+    (["search", "search_spaces/digits_quickstart.yaml", "--cpus-per-trial", "-1"],
+     "argument --cpus-per-trial: expected at least 0, got -1"),
+    (["quickstart", "--max-batches", "0"], "argument --max-batches: expected at least 1, got 0"),
+    (["latency", "runs/x", "--repeats", "0"], "argument --repeats: expected at least 1, got 0"),
+    (["latency", "runs/x", "--threads", "two"], "argument --threads: expected a number, got 'two'"),
+    (["export", "runs/x", "--trial", "-2", "--out", "x"],
+     "argument --trial: expected at least 0, got -2"),
+])
+def test_a_count_out_of_range_is_a_usage_error(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_search", _no_training)
+    monkeypatch.setattr(cli, "cmd_quickstart", _no_training)
+    code, err = run_cli(args, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].endswith(message)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"trials": 0}, "trials: trials: Input should be greater than 0"),
+    ({"max_batches": -1}, "max_batches: schedule.reference.max_batches: Input should be greater"),
+])
+def test_a_bad_quickstart_argument_writes_no_run(tmp_path, kwargs, message):
+    from ranksearch.quickstart import quickstart
+
+    with pytest.raises(cfg.ConfigError, match=message):
+        quickstart(run_dir=str(tmp_path / "run"), report_dir=str(tmp_path / "report"),
+                   export_dir=str(tmp_path / "export"), **kwargs)
+    assert not (tmp_path / "run").exists()
+
 @pytest.mark.slow
 def test_real_process_prints_one_line(tmp_path):
     """The installed entry point, not just main(): one line, exit 2, no traceback."""

@@ -93,6 +93,17 @@ def test_a_file_timed_the_earlier_way_is_timed_again(run_with_baselines, monkeyp
     assert {m["latency_ms"] for m in again.values()} == {1.0}
 
 
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"batch_size": 0}, {"threads": -1}])
+def test_a_setting_below_one_keeps_the_timings_on_disk(run_with_baselines, monkeypatch,
+                                                       kwargs) -> None:
+    monkeypatch.setattr(measure, "fastest_passes", lambda models, *a, **k: [1e-3] * len(models))
+    latency.measure_run(run_with_baselines, repeats=2)
+    before = (run_with_baselines / "latency.json").read_text()
+    with pytest.raises(ValueError, match="must be at least 1"):
+        latency.measure_run(run_with_baselines, **kwargs)
+    assert (run_with_baselines / "latency.json").read_text() == before
+
 def test_timing_under_a_passive_openmp_policy_warns(run_with_baselines, monkeypatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     monkeypatch.setattr(measure, "fastest_passes", lambda models, *a, **k: [1e-3] * len(models))
