@@ -227,9 +227,23 @@ def load(export_dir: str | Path, *, deployed: bool = True) -> nn.Module:
     missing = [f for f in ("plan.json", "model.safetensors") if not (folder / f).is_file()]
     if missing:
         raise ExportError(f"{folder}: not an export folder ({missing[0]} is missing)")
-    plan = read_json(folder / "plan.json")
-    dense = models.create(plan["model"], num_classes=plan["num_classes"],
-                          in_channels=plan["in_channels"])
-    model = svd.build_compact(dense, plan["plan"], plan["scheme"])
-    model.load_state_dict(load_state(folder / "model.safetensors"), strict=True)
+    from safetensors import SafetensorError
+
+    try:
+        plan = read_json(folder / "plan.json")
+        structure = {key: plan[key] for key in ("model", "num_classes", "in_channels", "plan",
+                                                "scheme")}
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a truncated or edited copy
+        raise ExportError(f"{folder}: plan.json cannot be read ({type(err).__name__}: {err})"
+                          ) from None
+    dense = models.create(structure["model"], num_classes=structure["num_classes"],
+                          in_channels=structure["in_channels"])
+    model = svd.build_compact(dense, structure["plan"], structure["scheme"])
+    try:
+        model.load_state_dict(load_state(folder / "model.safetensors"), strict=True)
+    except (OSError, SafetensorError) as err:
+        raise ExportError(f"{folder}: model.safetensors cannot be read ({err})") from None
+    except RuntimeError:  # missing, unexpected or misshapen tensors
+        raise ExportError(f"{folder}: model.safetensors does not hold the model plan.json "
+                          "describes") from None
     return svd.for_inference(model) if deployed else model.eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,29 @@ def test_nothing_qualifies(finished_run, tmp_path, capsys, args, message):
 def test_load_rejects_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(export.ExportError, match="not an export folder"):
         load(tmp_path)
+
+
+def _widen_every_pair(path):
+    plan = read_json(path)
+    plan["plan"] = {name: None if width is None else width + 1
+                    for name, width in plan["plan"].items()}
+    path.write_text(json.dumps(plan))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:999]),
+     "model.safetensors cannot be read"),
+    (lambda f: (f / "plan.json").write_text((f / "plan.json").read_text()[:40]),
+     "plan.json cannot be read"),
+    (lambda f: (f / "plan.json").write_text('{"model": "resnet20"}'),
+     "plan.json cannot be read (KeyError"),
+    (lambda f: _widen_every_pair(f / "plan.json"),
+     "model.safetensors does not hold the model plan.json describes"),
+])
+def test_load_of_a_damaged_export_is_one_line(finished_run, tmp_path, damage, message):
+    out = tmp_path / "best"
+    cli.main(["export", str(finished_run), "--min-accuracy", "0", "--out", str(out)])
+    damage(out)
+    with pytest.raises(export.ExportError) as error:
+        load(out)
+    assert message in str(error.value) and "\n" not in str(error.value)
