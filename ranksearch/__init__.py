@@ -27,11 +27,12 @@ _EXPORTS = {"optimize": "api", "report_run": "api", "export_run": "export"}
 __all__ = ["__version__", "load", *_EXPORTS]
 
 
-def load(export_dir):  # noqa: ANN001, ANN201 - documented in ranksearch.export.load
-    """Rebuild the compact model of an export folder (see :func:`ranksearch.export.load`)."""
+def load(export_dir, *, deployed=True):  # noqa: ANN001, ANN201 - see ranksearch.export.load
+    """Rebuild the compact model of an export folder: the deployed model, or with
+    ``deployed=False`` the one with its batch norms (see :func:`ranksearch.export.load`)."""
     from .export import load as _load
 
-    return _load(export_dir)
+    return _load(export_dir, deployed=deployed)
 
 
 def __getattr__(name: str) -> Any:

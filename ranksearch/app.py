@@ -17,6 +17,7 @@ from .runs import RunDir, RunDirError, atomic_write_text
 from .search.backend import Backend
 from .search.storage import (
     STORAGE_ENV,
+    absolute_url,
     is_journal_file,
     open_storage,
     require_study,
@@ -134,23 +135,36 @@ def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
 
 def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
                progress: bool = True) -> None:
-    """Join a study as one more worker: ``target`` is a run directory or a storage URL."""
+    """Join a study as one more worker.
+
+    ``target`` is a run directory; or, on a host that has none yet, the run directory to
+    create for the study in ``$RANKSEARCH_STORAGE``; or a storage URL or journal file (the run
+    directory is then ``run_dir``, by default ``runs/NAME``).
+    """
     from .search.optuna_backend import run_worker
 
+    env_url = os.environ.get(STORAGE_ENV)
     if Path(target).is_dir():
         run = RunDir(target).require_existing()
         config = cfg.load(run.config_path)
         url = run_storage_url(run)
-        if not os.environ.get(STORAGE_ENV):
+        if not env_url:
             require_study(run, url)
     else:
-        if is_journal_file(target):
-            raise RunDirError(f"{target}: no such run directory, and not a storage URL")
-        url = target
+        if not is_journal_file(target) or Path(target).is_file():
+            url = absolute_url(target)
+        elif env_url:
+            url, run_dir = env_url, target
+        else:
+            raise RunDirError(f"{target}: no such run directory, journal file or storage URL "
+                              f"(to join a study in a database from a new host, set "
+                              f"${STORAGE_ENV})")
         config = study_config(load_study(open_storage(url)))
         run = RunDir(run_dir_of(config, run_dir)).create()
         if not run.config_path.is_file():
             atomic_write_text(run.config_path, cfg.dump(config))
+        if not run.storage_path.is_file():  # later commands on this run find the study
+            write_storage_note(run, url)
     run_worker(config, run, url, worker=worker, progress=progress)
     run_baselines(config, run, progress=progress)
 

@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = add("worker", "join a running study from another process or host", cmd_worker)
-    p.add_argument("target", help="the run directory, or the storage URL of the study "
-                   "(a URL with a password may instead be set in $RANKSEARCH_STORAGE)")
+    p.add_argument("target", help="the run directory, or the storage URL or journal file of "
+                   "the study; with $RANKSEARCH_STORAGE set (a URL with a password), the run "
+                   "directory to use on this host, created if new")
     p.add_argument("--run-dir", help="where this worker keeps caches and trial files "
                    "(default: the run directory, or runs/NAME for a URL)")
     p.add_argument("--worker-index", type=_at_least(0), default=0,

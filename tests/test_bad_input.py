@@ -114,7 +114,8 @@ def test_report_on_empty_run_dir(tmp_path, capsys):
 
 def test_worker_on_unknown_path(tmp_path, capsys):
     code, err = run_cli(["worker", str(tmp_path / "nothing")], capsys)
-    assert code == 2 and "not a storage URL" in err
+    assert code == 2 and "no such run directory, journal file or storage URL" in err
+    assert "RANKSEARCH_STORAGE" in err
 
 
 def test_train_needs_params(capsys):

@@ -142,3 +142,14 @@ def test_load_of_a_damaged_export_is_one_line(finished_run, tmp_path, damage, me
     with pytest.raises(export.ExportError) as error:
         load(out)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_gives_the_deployed_model_or_the_one_to_train_further(finished_run, tmp_path):
+    out = tmp_path / "best"
+    cli.main(["export", str(finished_run), "--min-accuracy", "0", "--out", str(out)])
+    deployed, trainable = load(out), load(out, deployed=False)
+    norms = [m for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():  # folding the norms changes nothing but rounding
+        torch.testing.assert_close(deployed(x), trainable(x), atol=1e-4, rtol=1e-4)

@@ -150,3 +150,32 @@ def test_workers_never_share_a_sampler_stream():
         return study.ask().suggest_float("x", 0, 1)
 
     assert first_point(0, 1) != first_point(1, 0)
+
+
+def test_a_new_host_joins_by_environment_or_journal_file(tiny_space, tmp_path, monkeypatch):
+    """README's other-host commands: `RANKSEARCH_STORAGE=URL ranksearch worker RUN_DIR` where
+    RUN_DIR does not exist yet, and `ranksearch worker JOURNAL_FILE`; a relative SQLite URL is
+    recorded absolute, so the run opens its study from any directory."""
+    from ranksearch.app import status_text
+
+    monkeypatch.chdir(tmp_path)
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", "run", "--storage",
+              "sqlite:///study.db", "--quiet"])
+    assert (tmp_path / "run" / "storage.txt").read_text().strip() == (
+        f"sqlite:///{tmp_path / 'study.db'}")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert "2 complete of 2" in status_text(tmp_path / "run")
+    assert not (elsewhere / "study.db").exists()
+
+    monkeypatch.setenv("RANKSEARCH_STORAGE", f"sqlite:///{tmp_path / 'study.db'}")
+    cli.main(["worker", "host2/run", "--quiet"])
+    monkeypatch.delenv("RANKSEARCH_STORAGE")
+    assert (elsewhere / "host2" / "run" / "config.yaml").is_file()
+    assert "2 complete of 2" in status_text("host2/run")
+
+    cli.main(["search", str(tiny_space(trials=1, name="journal")), "--run-dir", "run3",
+              "--storage", "shared.journal", "--quiet"])
+    cli.main(["worker", "shared.journal", "--run-dir", "host3", "--quiet"])
+    assert "1 complete of 1" in status_text("host3")

@@ -46,8 +46,9 @@ def is_journal_file(url: str) -> bool:
 
 
 def storage_url(run: RunDir, url: str | None) -> str:
-    """The storage a run uses: ``url`` if given, else the journal file in the run directory."""
-    return url if url else str(run.journal_path)
+    """The storage a run uses: ``url`` if given (a relative SQLite or journal path made
+    absolute, so that the run opens it from any directory), else the run's journal file."""
+    return absolute_url(url) if url else str(run.journal_path)
 
 
 def run_storage_url(run: RunDir) -> str:
