@@ -25,7 +25,6 @@ __all__ = [
     "directions",
     "ray_modes",
     "values",
-    "has_constraints",
     "constraint_values",
 ]
 
@@ -78,20 +77,13 @@ def values(config: StudyConfig, metrics: Mapping[str, Any]) -> list[float]:
     return [float(metrics[name]) for name in names(config)]
 
 
-def has_constraints(config: StudyConfig) -> bool:
-    """Whether the study has constraints (a FLOPs ceiling, an accuracy floor)."""
+def constraint_values(config: StudyConfig, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The study's constraints on a trial, by name (``max_flops``, ``min_accuracy``), as
+    Optuna reads them (``Trial.set_constraint``: satisfied when <= 0); empty without any."""
     c = config.constraints
-    return c.max_flops is not None or c.min_accuracy is not None
-
-
-def constraint_values(config: StudyConfig, metrics: Mapping[str, Any]) -> list[float] | None:
-    """The constraint values Optuna reads (satisfied when <= 0), or None without constraints."""
-    if not has_constraints(config):
-        return None
-    c = config.constraints
-    found = []
+    found = {}
     if c.max_flops is not None:
-        found.append(metrics["flops"] / c.max_flops - 1.0)
+        found["max_flops"] = metrics["flops"] / c.max_flops - 1.0
     if c.min_accuracy is not None:
-        found.append(c.min_accuracy - metrics["accuracy"])
+        found["min_accuracy"] = c.min_accuracy - metrics["accuracy"]
     return found

@@ -222,7 +222,7 @@ def test_searcher_state_never_holds_the_storage(tmp_path):
     create_study(config, storage).set_user_attr("n_trials", 4)
     searcher = ray_backend._StudySearch(
         space=ray_backend._Space(config.space, {}), metric=["accuracy", "flops"],
-        mode=["max", "min"], sampler=make_sampler(config.sampler, False),
+        mode=["max", "min"], sampler=make_sampler(config.sampler),
         study_name=config.name, storage=storage,
     )
     suggested = searcher.suggest("ray-trial-1")

@@ -305,7 +305,7 @@ def test_write_report_writes_every_file(study: optuna.Study, run_dir: Path, tmp_
         "Hypervolume over trials",
         "Parameter importances",
         "Kept rank per layer",
-        "Failed and truncated trials",
+        "Trials never on the front",
     ):
         assert heading in page
     excluded = re.search(r'<table id="excluded-table".*?</table>', page, re.S).group(0)

@@ -144,7 +144,7 @@ def test_workers_never_share_a_sampler_stream():
     assert sampler_seed(7, 0, 0) == 7  # a new single-worker study keeps the configured seed
 
     def first_point(worker: int, trials_before: int) -> float:
-        sampler = make_sampler(cfg.SamplerSpec(name="tpe", seed=0), False, worker,
+        sampler = make_sampler(cfg.SamplerSpec(name="tpe", seed=0), worker,
                                trials_before)
         study = optuna.create_study(sampler=sampler)
         return study.ask().suggest_float("x", 0, 1)

@@ -49,7 +49,7 @@ def measure_cell(sampler: str, finished: int, running: int,
     before each."""
     config = load_config(sampler)
     study = optuna.create_study(directions=directions(config),
-                                sampler=make_sampler(config.sampler, constraints=False))
+                                sampler=make_sampler(config.sampler))
     study.add_trials(pool[:finished])
     study.add_trials(_running(pool[finished:finished + running]))
     times: list[float] = []

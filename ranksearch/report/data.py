@@ -141,9 +141,10 @@ class ParetoChart:
                    brief="before fine-tuning"),
             Series("dominated", "SVD trials (dominated)", "svd-dominated", others[eligible],
                    CLOUD_COLOR, brief="SVD trials"),
-            Series("truncated", "SVD trials (truncated or diverged, never on the front)",
+            Series("truncated", "SVD trials (truncated, diverged or outside the constraints; "
+                   "never on the front)",
                    "svd-truncated", others[~eligible], TRUNCATED_COLOR,
-                   brief="truncated or diverged"),
+                   brief="truncated, diverged or infeasible"),
             Series("front", front_label, "svd-front", front, FRONT_COLOR),
         ]
         listed.extend(
@@ -356,7 +357,7 @@ def _study_config(study: optuna.Study, run_dir: Path | None) -> cfg.StudyConfig 
 
 def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
     """SVD trials that ran but may not stand on the front (failed, pruned, truncated,
-    diverged), with the reason why."""
+    diverged, outside the constraints), with the reason why."""
     svd = df[(df["kind"] == "svd") & df["state"].isin(["COMPLETE", "FAIL", "PRUNED"])]
     excluded = svd[~eligible_mask(svd)].copy()
     reasons = []
@@ -371,6 +372,8 @@ def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
             reasons.append("diverged")
         elif not row.full_budget:
             reasons.append("truncated: not trained on the full budget")
+        elif not row.feasible:
+            reasons.append("outside the study's constraints")
         else:
             reasons.append("no accuracy or FLOPs recorded")
     excluded["reason"] = reasons

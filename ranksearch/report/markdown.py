@@ -82,7 +82,8 @@ def summary(data: ReportData) -> str:
         ref_line,
         f"- SVD trials: {sum(counts.values())} ("
         + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
-        + f"); {len(data.excluded)} failed, pruned, truncated or diverged, never on the front.",
+        + f"); {len(data.excluded)} failed, pruned, truncated, diverged or outside the "
+        "constraints, never on the front.",
         f"- Pareto front: {len(data.front)} points (pareto.csv).",
         f"- Baseline runs: {len(baselines)}"
         + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")

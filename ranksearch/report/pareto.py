@@ -54,6 +54,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "latency_ms",
     "wall_time_s",
     "full_budget",
+    "feasible",
     "fail_reason",
     "datetime_complete",
     "method",
@@ -66,8 +67,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 
 _NUMERIC_COLUMNS = tuple(c for c in METRIC_COLUMNS if c not in (
-    "kind", "state", "status", "full_budget", "fail_reason", "datetime_complete", "method",
-    "ranks", "candidate"))
+    "kind", "state", "status", "full_budget", "feasible", "fail_reason", "datetime_complete",
+    "method", "ranks", "candidate"))
 
 #: ``kind`` of the threshold candidates a multi-fidelity sweep evaluated without fine-tuning.
 LOW_FIDELITY_KIND = "svd-proxy"
@@ -128,6 +129,8 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         # A trial without the flag predates it or was added by hand; only the pipeline
         # truncates, and it always writes the flag.
         "full_budget": bool(metrics.get("full_budget", True)),
+        # The study's constraints as Optuna reads them (each satisfied at <= 0).
+        "feasible": all(v <= 0 for v in trial.constraints.values()),
         "fail_reason": trial.user_attrs.get("fail_reason"),
         "datetime_complete": (
             trial.datetime_complete.isoformat() if trial.datetime_complete else None
@@ -224,6 +227,8 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     are ``COMPLETE``. ``ranks`` is the trial's ``{layer: kept rank}`` as compact JSON.
     ``spectrum_rank_before`` / ``_after``: on the trial that SVD-trained a model, the rank kept
     at e = 0.01 summed over its layers before and after SVD training.
+    ``feasible`` is false on a trial that violates the study's constraints (a FLOPs ceiling,
+    an accuracy floor): Optuna's samplers steer away from it and no front holds it.
     ``flops_reduction`` missing from a record is filled in as reference FLOPs / FLOPs.
     ``latency_ms`` comes from ``run_dir/latency.json`` when ``ranksearch latency`` wrote it
     (see :func:`ranksearch.report.timings.latency_source`).
@@ -250,6 +255,7 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     for column in _NUMERIC_COLUMNS:
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["full_budget"] = df["full_budget"].fillna(False).astype(bool)
+    df["feasible"] = df["feasible"].fillna(True).astype(bool)
     df["kind"] = df["kind"].astype(str)
     df["state"] = df["state"].astype(str)
 
@@ -274,11 +280,14 @@ def reference_accuracy(df: pd.DataFrame) -> float:
 
 def eligible_mask(df: pd.DataFrame) -> pd.Series:
     """Rows that may stand on a front: complete, trained on the full budget, not diverged,
-    with a finite accuracy and FLOPs. Pruned, failed, running and truncated trials never may.
+    within the study's constraints (``feasible``, where the frame has it), with a finite
+    accuracy and FLOPs. Pruned, failed, running and truncated trials never may.
     """
+    feasible = df["feasible"].astype(bool) if "feasible" in df else True
     return (
         (df["state"] == "COMPLETE")
         & df["full_budget"].astype(bool)
+        & feasible
         & (df["status"].fillna("complete") != "diverged")
         & np.isfinite(df["accuracy"])
         & np.isfinite(df["flops"])

@@ -65,9 +65,10 @@ class Objective:
             0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"]
             - metrics.get("sweep_time_s", 0.0))
         trial.set_user_attr("metrics", metrics)
-        constraints = objectives.constraint_values(self.config, metrics)
-        if constraints is not None:
-            trial.set_user_attr("constraints", constraints)
+        # Optuna's samplers steer away from a trial with a positive value, and
+        # Study.best_trials leaves it out.
+        for name, value in objectives.constraint_values(self.config, metrics).items():
+            trial.set_constraint(name, value)
         self._share_training(trial)
         return TrialOutcome(objectives.values(self.config, metrics), metrics, None)
 

@@ -22,7 +22,6 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as cfg
-from .. import objectives
 from ..runs import RunDir
 from .backend import Backend, describe_trial, log
 from .objective import Objective
@@ -103,7 +102,7 @@ def run_worker(
     study = load_study(open_storage(storage_url), config.name)
     # The seed depends on the trials already there too, or a resumed worker would replay the
     # same startup points as its previous run.
-    study.sampler = make_sampler(config.sampler, objectives.has_constraints(config), worker,
+    study.sampler = make_sampler(config.sampler, worker,
                                  trials_before=len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
     beats = heartbeat_folder(storage_url)

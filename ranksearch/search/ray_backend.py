@@ -129,8 +129,7 @@ def run_ray_search(
         fail_stale_trials(study, study.get_trials(deepcopy=False), folder=heartbeat_folder(url))
         # One sampler for every round, so that its random draws go on rather than repeat; its
         # seed is offset by the trials already in the study, so a resumed search draws anew.
-        sampler = make_sampler(config.sampler, objectives.has_constraints(config),
-                               trials_before=len(study.get_trials(deepcopy=False)))
+        sampler = make_sampler(config.sampler, trials_before=len(study.get_trials(deepcopy=False)))
         failures_in_a_row = 0
         while True:
             complete = counts(study.get_trials(deepcopy=False))["COMPLETE"]

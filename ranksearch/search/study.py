@@ -51,34 +51,23 @@ def sampler_seed(seed: int, worker: int, trials_before: int) -> int:
     return int(np.random.SeedSequence([seed, worker, trials_before]).generate_state(1)[0])
 
 
-def make_sampler(spec: cfg.SamplerSpec, constraints: bool, worker: int = 0,
+def make_sampler(spec: cfg.SamplerSpec, worker: int = 0,
                  trials_before: int = 0) -> optuna.samplers.BaseSampler:
     """The configured sampler for worker ``worker`` joining a study of ``trials_before``
     trials. Each worker, and each restart of one, draws its own stream (see
-    :func:`sampler_seed`), or they would suggest alike."""
+    :func:`sampler_seed`), or they would suggest alike. TPE, NSGA-II and GP read the trials'
+    constraints themselves (``Trial.set_constraint``); random sampling ignores them."""
     seed = None if spec.seed is None else sampler_seed(spec.seed, worker, trials_before)
-    constraints_func = _constraints if constraints else None
     if spec.name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, constant_liar=True,
-            n_startup_trials=spec.n_startup_trials or 10, constraints_func=constraints_func,
+            n_startup_trials=spec.n_startup_trials or 10,
         )
     if spec.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=spec.population_size or 20,
-            constraints_func=constraints_func,
-        )
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.population_size or 20)
     if spec.name == "gp":
-        return optuna.samplers.GPSampler(
-            seed=seed, n_startup_trials=spec.n_startup_trials or 10,
-            constraints_func=constraints_func,
-        )
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials or 10)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _constraints(trial: FrozenTrial) -> list[float]:
-    # Optuna treats values <= 0 as satisfied; a failed trial has none and counts as violating.
-    return trial.user_attrs.get("constraints", [1.0])
 
 
 def create_study(config: cfg.StudyConfig, storage: BaseStorage, sampler=None) -> optuna.Study:
