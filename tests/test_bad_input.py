@@ -186,3 +186,20 @@ def test_a_diverging_reference_is_one_line_and_keeps_nothing_half_written(tiny_s
     assert "reference diverged" in lines[-1] and "schedule.reference.lr" in lines[-1]
     assert "Traceback" not in err
     assert not list((tmp_path / "run" / "cache").rglob("model.safetensors"))
+
+
+@pytest.mark.parametrize("url, module, hint", [
+    ("mysql://u:secret@127.0.0.1:1/db", "MySQLdb",
+     "pip install 'ranksearch[mysql]' and write the URL as mysql+pymysql://"),
+    ("mysql+pymysql://u:secret@127.0.0.1:1/db", "pymysql", "pip install 'ranksearch[mysql]'"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "psycopg", "pip install 'ranksearch[postgres]'"),
+])
+def test_a_missing_database_driver_names_the_extra_to_install(url, module, hint, monkeypatch):
+    from ranksearch.search.storage import StorageError, open_storage
+
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
+    with pytest.raises(StorageError) as error:
+        open_storage(url)
+    message = str(error.value)
+    assert f"the database driver {module!r} is missing; {hint}" in message
+    assert "secret" not in message

@@ -28,6 +28,11 @@ STORAGE_ENV = "RANKSEARCH_STORAGE"
 so that a password never appears on a command line or in a file."""
 
 _RDB_SCHEMES = ("postgresql", "mysql", "sqlite")
+_DRIVER_HINTS = {
+    "postgresql": "pip install 'ranksearch[postgres]'",
+    "mysql": "pip install 'ranksearch[mysql]' and write the URL as mysql+pymysql://",
+    "redis": "pip install 'ranksearch[redis]'",
+}
 
 
 class StorageError(UserError):
@@ -111,8 +116,8 @@ def open_storage(url: str) -> BaseStorage:
         cause = err.__cause__ or err.__context__ or err
         missing = getattr(cause, "name", None) or err.name
         if missing:
-            raise StorageError(f"{shown}: the database driver {missing!r} is missing; install "
-                               f"it with pip (e.g. pip install 'ranksearch[postgres]')") from None
+            raise StorageError(f"{shown}: the database driver {missing!r} is missing; "
+                               f"{_DRIVER_HINTS.get(scheme, 'install it with pip')}") from None
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise StorageError(f"{shown}: cannot open the storage ({cfg.mask_url(reason)})") \
             from None
