@@ -26,6 +26,11 @@ def cmd_search(args) -> None:
     from . import config as cfg
     from .app import start_search
 
+    ray_only = {"--address": args.address, "--cpus-per-trial": args.cpus_per_trial,
+                "--gpus-per-trial": args.gpus_per_trial}
+    given = [name for name, value in ray_only.items() if value is not None]
+    if given and args.backend != "ray":  # the optuna backend would run here, ignoring them
+        raise UserError(f"{given[0]}: only with --backend ray")
     config = cfg.load(args.space)
     if args.trials is not None:
         config = cfg.updated(config, "--trials", trials=args.trials)
@@ -33,7 +38,8 @@ def cmd_search(args) -> None:
         config = cfg.updated(config, "--storage", storage=args.storage)
     run = start_search(config, args.run_dir, source=args.space, backend=args.backend,
                        workers=args.workers, address=args.address, progress=not args.quiet,
-                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+                       gpus_per_trial=args.gpus_per_trial,
+                       cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial)
     print(f"study done: {run.path}  (next: ranksearch report {run.path})")
 
 
@@ -157,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (postgresql://, mysql://, sqlite:///, "
                    "redis://) or journal file; default: RUN_DIR/study.journal")
     p.add_argument("--address", help="ray: address of an existing Ray cluster (HOST:6379)")
-    p.add_argument("--cpus-per-trial", type=_at_least(0, float), default=1.0,
-                   help="ray: CPUs per trial")
+    p.add_argument("--cpus-per-trial", type=_at_least(0, float),
+                   help="ray: CPUs per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=_at_least(0, float), default=None,
                    help="ray: GPUs per trial, fractions share a card (default: 1 if CUDA)")
     p.add_argument("--run-dir", help="run directory (default: runs/NAME)")

@@ -142,6 +142,14 @@ def test_a_count_out_of_range_is_a_usage_error(args, message, monkeypatch, capsy
     assert code == 2 and err.strip().splitlines()[-1].endswith(message)
 
 
+@pytest.mark.parametrize("option", [["--address", "head:6379"], ["--cpus-per-trial", "2"],
+                                    ["--gpus-per-trial", "0.5"]])
+def test_a_ray_option_without_the_ray_backend_is_refused(option, monkeypatch, capsys):
+    monkeypatch.setattr("ranksearch.app.start_search", _no_training)
+    code, err = run_cli(["search", "search_spaces/digits_quickstart.yaml", *option], capsys)
+    assert code == 2 and err.strip().endswith(f"{option[0]}: only with --backend ray")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"trials": 0}, "trials: trials: Input should be greater than 0"),
     ({"max_batches": -1}, "max_batches: schedule.reference.max_batches: Input should be greater"),
