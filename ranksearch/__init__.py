@@ -6,7 +6,8 @@ baselines. The public API:
 
 - :func:`ranksearch.optimize`, :func:`ranksearch.report_run`, :func:`ranksearch.export_run`:
   a whole study from Python, with the user's own model, data, training loop and metric
-  (:mod:`ranksearch.api`), as ``ranksearch search``, ``report`` and ``export`` run it
+  (:mod:`ranksearch.api`; ``export_run`` from :mod:`ranksearch.export`), as ``ranksearch
+  search``, ``report`` and ``export`` run it
 - :mod:`ranksearch.svd`: decompose, regularise, prune and compact networks (pure PyTorch)
 - :mod:`ranksearch.measure`: FLOPs, parameters, CPU latency
 - :mod:`ranksearch.models`: CIFAR ResNets, torchvision models, user factories

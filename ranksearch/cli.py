@@ -30,7 +30,7 @@ def cmd_search(args) -> None:
                 "--gpus-per-trial": args.gpus_per_trial}
     given = [name for name, value in ray_only.items() if value is not None]
     if given and args.backend != "ray":  # the optuna backend would run here, ignoring them
-        raise UserError(f"{given[0]}: only with --backend ray")
+        raise CLIError(f"{given[0]}: only with --backend ray")
     config = cfg.load(args.space)
     if args.trials is not None:
         config = cfg.updated(config, "--trials", trials=args.trials)
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the config's latency.batch_size")
     p.add_argument("--threads", type=POSITIVE,
                    help="default: the config's latency.threads, else PyTorch's")
-    p.add_argument("--repeats", type=POSITIVE, default=30, help="timed passes per model (median)")
+    p.add_argument("--repeats", type=POSITIVE, default=30,
+                   help="timed passes per model (the fastest counts, each beside the reference's)")
 
     p = add("baselines", "run or complete a study's filter-pruning baselines", cmd_baselines)
     p.add_argument("run_dir")

@@ -1,8 +1,8 @@
 """Export a chosen trial: its config, its compact model (safetensors and ONNX), a README.
 
 An export folder holds no pickled object: :func:`load` rebuilds the compact model's structure
-from ``config.yaml`` and ``plan.json`` (the model name, the scheme and the kept rank of every
-layer) and fills it from ``model.safetensors``.
+from ``plan.json`` (the model name, the scheme and the inner width of every pair) and fills it
+from ``model.safetensors``; ``config.yaml`` reruns the trial (``ranksearch train``).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def objectives(config: StudyConfig) -> tuple[Objective, ...]:
 
 
 def names(config: StudyConfig) -> list[str]:
+    """The names of the study's objectives, in Optuna's order (``trial.values``)."""
     return [o.name for o in objectives(config)]
 
 

@@ -44,7 +44,7 @@ from .train import (
 __all__ = [
     "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
     "svd_layer_groups", "expand_by_layer", "measured", "deployable", "svd_trained", "svd_key",
-    "train", "quality", "training_loop", "metric",
+    "train", "quality", "training_loop", "metric", "reference_key", "SPECTRUM_ENERGY",
 ]
 
 

@@ -70,12 +70,12 @@ def make_sampler(spec: cfg.SamplerSpec, worker: int = 0,
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def create_study(config: cfg.StudyConfig, storage: BaseStorage, sampler=None) -> optuna.Study:
+def create_study(config: cfg.StudyConfig, storage: BaseStorage) -> optuna.Study:
     """Create the study named ``config.name`` or load it; the config travels in its user
     attributes so that a worker on another host needs only the storage URL."""
     study = optuna.create_study(
         study_name=config.name, storage=storage, directions=objectives.directions(config),
-        sampler=sampler, load_if_exists=True,
+        load_if_exists=True,
     )
     existing = study.user_attrs.get("config")
     text = cfg.dump(config.model_copy(update={"trials": 1}))
@@ -96,7 +96,8 @@ def _search_settings(config: cfg.StudyConfig) -> dict[str, Any]:
     return config.model_dump(exclude={"trials", "storage", "baselines"})
 
 
-def load_study(storage: BaseStorage, name: str | None = None, sampler=None) -> optuna.Study:
+def load_study(storage: BaseStorage, name: str | None = None,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Load an existing study; with no name, the only study in the storage."""
     if name is None:
         names = optuna.get_all_study_names(storage)
@@ -111,6 +112,7 @@ def load_study(storage: BaseStorage, name: str | None = None, sampler=None) -> o
 
 
 def study_config(study: optuna.Study) -> cfg.StudyConfig:
+    """The config a study was created with (:func:`create_study` keeps it in the study)."""
     text = study.user_attrs.get("config")
     if text is None:
         raise StorageError(f"study {study.study_name!r} was not created by ranksearch")
@@ -188,7 +190,7 @@ def _last_beat(trial: FrozenTrial, folder: Path | None) -> float | None:
 
 
 def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
-                      grace_s: float = GRACE_S, folder: Path | None = None) -> int:
+                      folder: Path | None = None) -> int:
     """Fail RUNNING trials whose heartbeat (in ``folder``, else the trial's user attribute)
     stopped, and requeue their parameters. Returns how many were failed."""
     now = _now()
@@ -197,7 +199,7 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
         if t.state != TrialState.RUNNING:
             continue
         last = _last_beat(t, folder)
-        if last is None or now - last < grace_s:
+        if last is None or now - last < GRACE_S:
             continue
         try:
             # The reason goes first: a finished trial takes no more attributes.

@@ -54,9 +54,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from .conv import SVDConv2d, factored_geometry, thin_kernel_sizes
+from .conv import SVDConv2d, _pair, factored_geometry, thin_kernel_sizes
 from .decompose import svd_layers
 from .inference import to_channels_last
 from .layers import DenseConv2d, DenseLinear, Scheme, SVDLayer, SVDLinear
