@@ -48,6 +48,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,7 +61,7 @@ from .measure import flops
 from .runs import CacheEntry, RunDir, read_json, write_json
 from .train import Diverged, MetricFailed
 
-__all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "run_baselines",
+__all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "pruned_reference", "run_baselines",
            "run_baselines_for_run"]
 
 logger = logging.getLogger(__name__)
@@ -349,18 +350,26 @@ def prune_to_flops(
 
 
 # --- equal-budget runs in a run directory ----------------------------------------------------
-def _baseline_run(config, run, method: str, target: float, progress: bool) -> dict[str, Any]:
+def pruned_reference(dense: nn.Module, input_shape: Sequence[int], method: str, target: float,
+                     seed: int) -> nn.Module:
+    """``dense`` pruned as a baseline run prunes it (the global seed set first, for criteria
+    that draw from it), so that ``ranksearch latency`` rebuilds the same structure."""
+    torch.manual_seed(seed)
+    return prune_to_flops(dense, input_shape, method, target, seed=seed)
+
+
+def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
+                  progress: bool) -> dict[str, Any]:
     """Prune the cached reference to ``target``x fewer FLOPs with ``method`` and fine-tune it
     with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one."""
     start = time.perf_counter()
     data = pipeline.dataset(config)
     dense, ref_metrics = pipeline.reference(config, run, progress=progress)
-    torch.manual_seed(config.seed)
     epochs = 0
     train_seconds = 0.0
     metrics: dict[str, Any] = {}
     try:
-        pruned = prune_to_flops(dense, data.input_shape, method, target, seed=config.seed)
+        pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
         phases = (("svd", config.schedule.svd), ("finetune", config.schedule.finetune))
         for budget, schedule in phases:
             result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
@@ -380,7 +389,8 @@ def _baseline_run(config, run, method: str, target: float, progress: bool) -> di
     return metrics
 
 
-def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]:
+def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
+                  ) -> list[dict[str, Any]]:
     """Run every baseline the config asks for that the run directory does not hold yet.
 
     Each result is written atomically once its run ends, under a lock, so a killed run is
@@ -407,7 +417,8 @@ def run_baselines(config, run, *, progress: bool = True) -> list[dict[str, Any]]
     return [read_json(run.baseline_dir(m, t) / "metrics.json") for m, t in pending]
 
 
-def run_baselines_for_run(run_dir, *, progress: bool = True) -> list[dict[str, Any]]:
+def run_baselines_for_run(run_dir: str | Path, *, progress: bool = True
+                          ) -> list[dict[str, Any]]:
     """``ranksearch baselines RUN_DIR``: run or complete the baselines of an existing run."""
     run = RunDir(run_dir).require_existing()
     config = cfg.load(run.config_path)

@@ -37,6 +37,7 @@ from torch import nn
 
 from . import baselines, export, measure, models, pipeline, svd
 from . import config as cfg
+from .conventions import baseline_key, trial_key
 from .errors import UserError
 from .runs import RunDir, load_state, read_json, write_json
 from .search.study import open_run_study
@@ -93,18 +94,17 @@ def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
         found["reference"] = (lambda: svd.for_inference(reference), None)
     for number in sorted(trials):
         folder = run.trial_dir(number)
-        found[f"trial:{number}"] = (lambda folder=folder: export.load(folder), None)
+        found[trial_key(number)] = (lambda folder=folder: export.load(folder), None)
     for metrics in run.baseline_results():
         if dense is None or "flops" not in metrics:
             continue
         method, target = metrics["method"], float(metrics["target"])
 
         def pruned(method: str = method, target: float = target) -> nn.Module:
-            torch.manual_seed(config.seed)  # as the baseline run did before pruning
-            return svd.for_inference(baselines.prune_to_flops(
-                dense, input_shape, method, target, seed=config.seed))
+            return svd.for_inference(baselines.pruned_reference(dense, input_shape, method,
+                                                                target, config.seed))
 
-        found[f"baseline:{method}-{target:g}x"] = (pruned, float(metrics["flops"]))
+        found[baseline_key(method, target)] = (pruned, float(metrics["flops"]))
     return found, input_shape
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ranksearch.conventions import baseline_key, trial_key
 from ranksearch.runs import RunDir, read_json
 
 __all__ = ["latency_source", "use_timings"]
@@ -16,9 +17,9 @@ def _timing_key(row: dict[str, Any]) -> str | None:
     if row["kind"] == "reference":
         return "reference"
     if row["kind"] == "svd":
-        return f"trial:{row['number']}"
+        return trial_key(row["number"])
     if row["kind"].startswith("baseline:"):
-        return f"baseline:{row['method']}-{row['target']:g}x"
+        return baseline_key(row["method"], row["target"])
     return None
 
 
