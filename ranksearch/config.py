@@ -26,6 +26,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -185,19 +186,12 @@ class TrialParams(_Strict):
 
     @field_validator("lambda_s", "energy")
     @classmethod
-    def _non_negative(cls, value: float | dict[str, float]) -> float | dict[str, float]:
-        values = value.values() if isinstance(value, dict) else [value]
-        for v in values:
+    def _in_range(cls, value: float | dict[str, float], info: ValidationInfo
+                  ) -> float | dict[str, float]:
+        for v in value.values() if isinstance(value, dict) else [value]:
             if v < 0:
                 raise ValueError(f"must be >= 0, got {v:g}")
-        return value
-
-    @field_validator("energy")
-    @classmethod
-    def _below_one(cls, value: float | dict[str, float]) -> float | dict[str, float]:
-        values = value.values() if isinstance(value, dict) else [value]
-        for v in values:
-            if v >= 1:
+            if v >= 1 and info.field_name == "energy":
                 raise ValueError(f"an energy threshold must be below 1, got {v:g}")
         return value
 
@@ -243,6 +237,11 @@ class SearchSpace(_Strict):
     sweep: SweepSpec | None = None
     """Multi-fidelity: sweep thresholds without fine-tuning, fine-tune only promising ones."""
 
+    def for_decay(self, field: str, decay: str) -> Any:
+        """``lambda_s`` or ``energy`` for ``decay``: the field, or its entry for ``decay``."""
+        value = getattr(self, field)
+        return value[decay] if isinstance(value, dict) else value
+
     @field_validator("lambda_s", "energy")
     @classmethod
     def _decay_keys(cls, value: Any) -> Any:
@@ -267,9 +266,9 @@ class SearchSpace(_Strict):
         for field in ("lambda_s", "energy"):
             value = getattr(self, field)
             if isinstance(value, dict):
-                missing = [d for d in decays if d not in value and d != "none"]
-                if field == "energy":
-                    missing = [d for d in decays if d not in value]
+                # Decay "none" needs no λ_s, but every decay needs an energy threshold.
+                missing = [d for d in decays
+                           if d not in value and (d != "none" or field == "energy")]
                 if missing:
                     raise ValueError(f"{field} has no range for decay type {missing[0]!r}")
         if self.sweep is not None and self.sweep.allocate and self.granularity == "global":

@@ -79,7 +79,7 @@ def energy_candidates(space: cfg.SearchSpace, decay: str, units: list[str], n: i
     """The energy settings a sweep tries: the space's range for ``decay`` cut into a grid
     (the same value for every unit), and with stage or layer units as many again drawn at
     random per unit (log-uniformly for a log range), from a generator seeded by ``seed``."""
-    spec = space.energy[decay] if isinstance(space.energy, dict) else space.energy
+    spec = space.for_decay("energy", decay)
     if not units:
         return sorted(set(_grid(spec, n)))
     uniform = [dict.fromkeys(units, v) for v in _grid(spec, max(1, n // 2))]
@@ -187,9 +187,7 @@ def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
                units: list[str], decay: str) -> list[Candidate]:
     """The sensitivity probes of every unit and the distinct :func:`allocate` candidates at
     ``spec.allocate`` FLOPs targets spread (log-spaced) over the other candidates' range."""
-    space_spec = (config.space.energy[decay] if isinstance(config.space.energy, dict)
-                  else config.space.energy)
-    levels = _grid(space_spec, ALLOCATION_LEVELS)
+    levels = _grid(config.space.for_decay("energy", decay), ALLOCATION_LEVELS)
     if len(levels) < 2:
         return []
     base = dict.fromkeys(units, levels[0])

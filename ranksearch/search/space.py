@@ -95,7 +95,7 @@ def energy_params(space: SearchSpace, decay: str, energy: float | dict[str, floa
                   ) -> dict[str, float]:
     """The suggested parameters that give ``energy`` (a global value or one per unit), named
     as :func:`suggest` names them; constants of the space are not parameters."""
-    spec = space.energy[decay] if isinstance(space.energy, dict) else space.energy
+    spec = space.for_decay("energy", decay)
     if not isinstance(spec, (Range, list)) or (isinstance(spec, Range) and spec.low == spec.high
                                                 ) or (isinstance(spec, list) and len(spec) == 1):
         return {}
