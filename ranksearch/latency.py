@@ -29,9 +29,8 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import torch
 from torch import nn
 
@@ -41,6 +40,9 @@ from .conventions import baseline_key, trial_key
 from .errors import UserError
 from .runs import RunDir, load_state, read_json, write_json
 from .search.study import open_run_study
+
+if TYPE_CHECKING:  # a type hint only; the study is opened through search.study
+    import optuna
 
 __all__ = ["measure_run", "run_models"]
 
