@@ -86,7 +86,6 @@ def start_search(
                               "one-trial config; run it with 'ranksearch train')")
     run = RunDir(run_dir_of(config, run_dir)).create()
     check_inputs(config)
-    atomic_write_text(run.config_path, cfg.dump(config))
     run_search(config, run, backend=backend, workers=workers, address=address,
                progress=progress, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     return run
@@ -98,7 +97,8 @@ def run_search(
     cpus_per_trial: float = 1.0,
 ) -> None:
     """Start or resume the study of ``config`` in ``run`` until it holds ``config.trials``
-    complete trials, then run the baselines the config asks for."""
+    complete trials, then run the baselines the config asks for. ``config`` becomes the run's
+    ``config.yaml`` once the study accepts it (a study started with other settings refuses)."""
     from . import pipeline
 
     if workers < 1:
@@ -115,6 +115,9 @@ def run_search(
     if config.storage:
         write_storage_note(run, url)
     study = create_study(config, open_storage(url))
+    # Written only now: the commands that read the run (worker, baselines, latency, report)
+    # must never see settings its study refused.
+    atomic_write_text(run.config_path, cfg.dump(config))
     study.set_user_attr(TARGET_ATTR, config.trials)
     # The reference is trained here, once, before any worker starts: every trial and every
     # baseline then loads the same cached model.

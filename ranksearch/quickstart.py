@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import config as cfg
-from .runs import RunDir, atomic_write_text
+from .runs import RunDir
 
 __all__ = ["quickstart", "QUICKSTART_SPACE"]
 
@@ -46,7 +46,6 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
     if max_batches is not None:
         config = trimmed(config, max_batches)
     run = RunDir(run_dir).create()
-    atomic_write_text(run.config_path, cfg.dump(config))
     _say(f"study '{config.name}': {config.trials} SVD-training trials of {config.model.name} "
          f"on {config.data.name}, then baselines {', '.join(config.baselines.methods)} at "
          f"{', '.join(f'{t:g}x' for t in config.baselines.targets)} FLOPs reduction")

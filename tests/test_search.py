@@ -179,3 +179,17 @@ def test_a_new_host_joins_by_environment_or_journal_file(tiny_space, tmp_path, m
               "--storage", "shared.journal", "--quiet"])
     cli.main(["worker", "shared.journal", "--run-dir", "host3", "--quiet"])
     assert "1 complete of 1" in status_text("host3")
+
+
+def test_a_refused_resume_leaves_the_run_config_as_it_was(tiny_space, tmp_path, capsys):
+    """A study started with other settings refuses the new ones, and the run's config.yaml
+    (which worker, baselines and latency read) keeps the settings the study holds."""
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(run), "--quiet"])
+    before = (run / "config.yaml").read_text()
+    changed = tiny_space("changed.yaml", trials=1,
+                         schedule={"reference": {"epochs": 3}})
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(changed), "--run-dir", str(run), "--quiet"])
+    assert "already exists with different settings" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
