@@ -169,3 +169,25 @@ def test_journal_heartbeats_are_files_and_stale_trials_are_requeued(tmp_path):
     requeued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in requeued] == [dead.params]
     assert b"ranksearch:heartbeat" not in (tmp_path / "study.journal").read_bytes()
+
+
+def test_a_journal_record_cut_short_is_dropped_and_the_search_goes_on(tiny_space, tmp_path,
+                                                                      monkeypatch):
+    """A write cut short (a full disk, a lost machine) leaves a last line without its newline;
+    the next search would append to it and make the study unreadable for good."""
+    from ranksearch import cli
+    from ranksearch.app import status_text
+
+    # The cut record may be a trial's end: that trial then looks running until its heartbeat
+    # is this old.
+    monkeypatch.setattr("ranksearch.search.study.GRACE_S", 1.0)
+
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
+    journal = run / "study.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    with pytest.warns(UserWarning, match="dropped its last record"):
+        cli.main(["search", str(tiny_space(trials=3)), "--run-dir", str(run), "--quiet"])
+    assert journal.read_bytes().endswith(b"\n")
+    assert "3 complete of 3" in status_text(run)

@@ -8,10 +8,11 @@ A run keeps its study in ``RUN_DIR/study.journal`` unless ``--storage`` names an
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from .. import config as cfg
 from ..errors import UserError
@@ -108,6 +109,7 @@ def open_storage(url: str) -> BaseStorage:
         path = _journal_path(url)
         if not path.parent.is_dir():
             raise StorageError(f"{shown}: the folder of the journal file does not exist")
+        _drop_cut_record(path)
         return JournalStorage(JournalFileBackend(str(path)))
     except StorageError:
         raise
@@ -125,6 +127,39 @@ def open_storage(url: str) -> BaseStorage:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise StorageError(f"{shown}: cannot open the storage ({cfg.mask_url(reason)})") \
             from None
+
+
+def _drop_cut_record(path: Path) -> None:
+    """Drop the journal's last record if a write cut it short (a full disk, a lost machine).
+
+    Optuna reads past such a line, but its next append would glue a record to it, and from
+    then on no command could read the study. The cut is dropped holding the journal's own
+    lock (writers append whole lines under it); where the lock cannot be taken (a read-only
+    run) the journal is left as it is, still readable.
+    """
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            with path.open("rb+") as f:
+                data = f.read()
+                if data.endswith(b"\n"):  # a writer finished the line meanwhile
+                    return
+                kept = data.rfind(b"\n") + 1
+                f.truncate(kept)
+        finally:
+            lock.release()
+    except OSError:
+        return
+    warnings.warn(f"{path}: dropped its last record, cut short by an interrupted write "
+                  f"({len(data) - kept} bytes)", stacklevel=3)
 
 
 def _journal_path(url: str) -> Path:
