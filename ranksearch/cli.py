@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
-
-EXIT_USAGE = 2
+from .errors import EXIT_USER_ERROR, UserError
 
 
 class CLIError(UserError):
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except UserError as err:
         print(f"ranksearch: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("ranksearch: interrupted; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)

@@ -9,7 +9,10 @@ import re
 
 from pydantic import ValidationError
 
-__all__ = ["UserError", "validation_message"]
+__all__ = ["UserError", "EXIT_USER_ERROR", "validation_message"]
+
+#: The exit status of a command that stopped on a :class:`UserError`.
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):

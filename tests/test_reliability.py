@@ -191,3 +191,50 @@ def test_a_journal_record_cut_short_is_dropped_and_the_search_goes_on(tiny_space
         cli.main(["search", str(tiny_space(trials=3)), "--run-dir", str(run), "--quiet"])
     assert journal.read_bytes().endswith(b"\n")
     assert "3 complete of 3" in status_text(run)
+
+
+def test_trials_that_keep_failing_stop_the_search_in_one_line(tiny_space, tmp_path,
+                                                               monkeypatch, capsys):
+    """Whatever fails every trial (a full disk, a broken setup) would fail the rest too: the
+    worker stops after MAX_FAILURES_IN_A_ROW instead of asking for trials forever."""
+    from ranksearch import cli
+    from ranksearch.search.backend import MAX_FAILURES_IN_A_ROW
+
+    def no_space_left(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ranksearch.search.objective.run_trial", no_space_left)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["search", str(tiny_space(trials=50)), "--run-dir", str(tmp_path / "run"),
+                  "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert err[-1].startswith(f"ranksearch: error: the last {MAX_FAILURES_IN_A_ROW} trials "
+                              "failed, so no more are tried")
+    assert "No space left on device" in err[-1]
+
+
+def test_a_worker_whose_trial_was_failed_while_it_was_stopped_goes_on(tiny_space, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A worker suspended past the heartbeat grace period finds its trial failed (and its
+    parameters requeued) by the others: it drops that result and runs the next trial."""
+    from ranksearch import cli, pipeline
+    from ranksearch.search.storage import open_storage
+    from ranksearch.search.study import load_study
+
+    run = tmp_path / "run"
+    calls = []
+
+    def failed_meanwhile(config, params, run_dir, trial_dir, **kwargs):
+        calls.append(trial_dir.name)
+        if len(calls) == 1:  # what the launcher does to a trial whose heartbeat stopped
+            study = load_study(open_storage(str(run / "study.journal")))
+            study.tell(int(trial_dir.name), state=optuna.trial.TrialState.FAIL)
+        return pipeline.run_trial(config, params, run_dir, trial_dir, **kwargs)
+
+    monkeypatch.setattr("ranksearch.search.objective.run_trial", failed_meanwhile)
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
+    assert "failed by another worker while this one was stopped" in capsys.readouterr().err
+    study = load_study(open_storage(str(run / "study.journal")))
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("COMPLETE") == 2 and states[0] == "FAIL"

@@ -18,7 +18,21 @@ if TYPE_CHECKING:
     from ..config import StudyConfig
     from ..runs import RunDir
 
-__all__ = ["Backend", "log", "describe_trial"]
+from ..errors import UserError
+
+__all__ = ["Backend", "TrialsKeepFailing", "MAX_FAILURES_IN_A_ROW", "log", "describe_trial"]
+
+#: After this many failed trials in a row a backend stops: whatever fails them (a full disk,
+#: a broken data factory) would fail the rest too.
+MAX_FAILURES_IN_A_ROW = 10
+
+
+class TrialsKeepFailing(UserError):
+    """The last :data:`MAX_FAILURES_IN_A_ROW` trials failed, so no more are tried."""
+
+    def __init__(self, failures: int, last_reason: str | None, run_path: object) -> None:
+        super().__init__(f"the last {failures} trials failed, so no more are tried (last "
+                         f"reason: {last_reason}); see 'ranksearch status {run_path}'")
 
 
 class Backend(ABC):

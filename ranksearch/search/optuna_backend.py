@@ -22,8 +22,9 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import config as cfg
+from ..errors import EXIT_USER_ERROR, UserError
 from ..runs import RunDir
-from .backend import Backend, describe_trial, log
+from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
 from .objective import Objective
 from .storage import STORAGE_ENV, heartbeat_folder, open_storage
 from .study import TARGET_ATTR, Heartbeat, counts, fail_stale_trials, load_study, make_sampler
@@ -106,7 +107,7 @@ def run_worker(
                                  trials_before=len(study.get_trials(deepcopy=False)))
     objective = Objective(config, run, progress=progress)
     beats = heartbeat_folder(storage_url)
-    done = 0
+    done = failures_in_a_row = 0
     while True:
         trial = _next_trial(study, run, beats)
         if trial is False:
@@ -117,14 +118,23 @@ def run_worker(
         try:
             with Heartbeat(study, trial._trial_id, beats):
                 outcome = objective(trial)
+            study.tell(trial, outcome.values, state=None if outcome.values else TrialState.FAIL)
         except KeyboardInterrupt:
             _give_back(study, trial, "interrupted; parameters requeued")
             raise
-        if outcome.values is None:
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"trial {trial.number} failed: {outcome.fail_reason}")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This process stopped (suspended, paused) past the heartbeat grace period: the
+            # others failed its trial and requeued the parameters. The result is theirs to redo.
+            log(f"trial {trial.number}: failed by another worker while this one was stopped; "
+                "its result is dropped")
             continue
-        study.tell(trial, outcome.values)
+        if outcome.values is None:
+            failures_in_a_row += 1
+            log(f"trial {trial.number} failed: {outcome.fail_reason}")
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise TrialsKeepFailing(failures_in_a_row, outcome.fail_reason, run.path)
+            continue
+        failures_in_a_row = 0
         done += 1
         log(describe_trial(trial.number, outcome.metrics, config.metric.name))
 
@@ -178,14 +188,16 @@ def launch_workers(
                 if code is None:
                     continue
                 del children[index]
+                if code == EXIT_USER_ERROR:  # it printed why; a restart would stop the same way
+                    raise UserError(f"worker {index} stopped on the error above")
                 if code != 0 and restarts < MAX_RESTARTS:
                     restarts += 1
                     log(f"worker {index} exited with code {code}; restarting it "
                         f"({restarts} of at most {MAX_RESTARTS} restarts)")
                     children[index] = start(index)
                 elif code != 0:
-                    raise RuntimeError(f"worker {index} exited with code {code} after "
-                                       f"{MAX_RESTARTS} restarts; see the messages above")
+                    raise UserError(f"worker {index} exited with code {code} after "
+                                    f"{MAX_RESTARTS} restarts; see the messages above")
             time.sleep(0.5)
     finally:
         for child in children.values():

@@ -44,7 +44,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .. import config as cfg
 from .. import objectives
 from ..runs import RunDir
-from .backend import Backend, describe_trial, log
+from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
 from .objective import Objective
 from .space import suggest
 from .storage import absolute_url, heartbeat_folder, open_storage
@@ -56,8 +56,6 @@ EXPERIMENT = "tune"
 """Name of the Ray Tune experiment folder under ``RUN_DIR/ray``."""
 NUMBER_KEY = "optuna_trial_number"
 TRIAL_ID_KEY = "optuna_trial_id"
-MAX_FAILURES_IN_A_ROW = 10
-"""A search stops when this many trials in a row fail: a broken setup, not bad luck."""
 FAILED_KEY = "fail_reason"
 """Reported instead of objective values by a trial that failed."""
 
@@ -158,9 +156,7 @@ def run_ray_search(
             _fit(tuner)
             failures_in_a_row = searcher.failures_in_a_row
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                raise RuntimeError(
-                    f"the last {failures_in_a_row} trials failed, so no more are tried (last "
-                    f"reason: {searcher.last_fail_reason}); see 'ranksearch status {run.path}'")
+                raise TrialsKeepFailing(failures_in_a_row, searcher.last_fail_reason, run.path)
 
 
 # --- the trial, in a Ray worker --------------------------------------------------------------
