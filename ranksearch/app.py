@@ -137,12 +137,13 @@ def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
 
 
 def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
-               progress: bool = True) -> None:
+               progress: bool = True) -> tuple[RunDir, int]:
     """Join a study as one more worker.
 
     ``target`` is a run directory; or, on a host that has none yet, the run directory to
     create for the study in ``$RANKSEARCH_STORAGE``; or a storage URL or journal file (the run
-    directory is then ``run_dir``, by default ``runs/NAME``).
+    directory is then ``run_dir``, by default ``runs/NAME``). Returns the run directory and
+    how many trials this worker completed.
     """
     from .search.optuna_backend import run_worker
 
@@ -168,8 +169,9 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
             atomic_write_text(run.config_path, cfg.dump(config))
         if not run.storage_path.is_file():  # later commands on this run find the study
             write_storage_note(run, url)
-    run_worker(config, run, url, worker=worker, progress=progress)
+    done = run_worker(config, run, url, worker=worker, progress=progress)
     run_baselines(config, run, progress=progress)
+    return run, done
 
 
 def status_text(run_dir: str | Path) -> str:

@@ -58,7 +58,7 @@ from torch import nn
 from . import config as cfg
 from . import pipeline
 from .measure import flops
-from .runs import CacheEntry, RunDir, read_json, write_json
+from .runs import CacheEntry, DamagedFile, RunDir, read_json, write_json
 from .train import Diverged, MetricFailed
 
 __all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "pruned_reference", "run_baselines",
@@ -407,7 +407,7 @@ def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
             folder = run.baseline_dir(method, target)
             result_path = folder / "metrics.json"
             with CacheEntry(folder).lock(blocking=blocking) as held:
-                if held and not result_path.is_file():
+                if held and not _readable(result_path):
                     metrics = _baseline_run(config, run, method, target, progress)
                     write_json(result_path, metrics)
                     print(f"baseline {method} {target:g}x: {config.metric.name} "
@@ -415,6 +415,18 @@ def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
                           f"{metrics.get('flops_reduction', float('nan')):.2f}x fewer FLOPs",
                           file=sys.stderr, flush=True)
     return [read_json(run.baseline_dir(m, t) / "metrics.json") for m, t in pending]
+
+
+def _readable(result_path: Path) -> bool:
+    """Whether a baseline's result is there and reads; a damaged one is run again."""
+    if not result_path.is_file():
+        return False
+    try:
+        read_json(result_path)
+    except DamagedFile as err:
+        logger.warning("%s; running that baseline again", err)
+        return False
+    return True
 
 
 def run_baselines_for_run(run_dir: str | Path, *, progress: bool = True

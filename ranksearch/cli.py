@@ -44,8 +44,11 @@ def cmd_search(args) -> None:
 def cmd_worker(args) -> None:
     from .app import join_study
 
-    join_study(args.target, run_dir=args.run_dir, worker=args.worker_index,
-               progress=not args.quiet)
+    run, done = join_study(args.target, run_dir=args.run_dir, worker=args.worker_index,
+                           progress=not args.quiet)
+    if not args.quiet:  # the launcher's own workers run quiet
+        print(f"worker done: {done} trial{'s' if done != 1 else ''} here; the study holds its "
+              f"target (ranksearch status {run.path})")
 
 
 def cmd_status(args) -> None:
@@ -258,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+    except OSError as err:  # a path that is a file, a read-only folder, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ranksearch: error: {where}{err.strerror or err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
         raise ExportError(f"{run.path}: the study has no reference yet")
     number = select_trial(trials, pareto_front(trials), reference["flops"], trial=trial,
                           max_flops=max_flops, min_accuracy=min_accuracy)
+    inside = Path(out).resolve()
+    if inside == run.path.resolve() or any(
+            (run.path / owned).resolve() in (inside, *inside.parents)
+            for owned in ("trials", "baselines", "cache")):
+        raise ExportError(f"--out {out}: inside the folders of the run {run.path}, whose files "
+                          "it would replace; export to a folder of its own")
     return export_trial(run.trial_dir(number), out)
 
 
@@ -120,11 +126,14 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
         raise ExportError(f"{trial_dir}: the trial's {missing[0]} is missing")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    model = load(trial_dir)  # a damaged trial fails here, named as such
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
         for name in FILES:
             shutil.copyfile(trial_dir / name, staging / name)
-        model = load(staging)
         plan = read_json(staging / "plan.json")
         _write_onnx(model, plan["input_shape"], staging / "model.onnx")
         metrics = read_json(trial_dir / "metrics.json")

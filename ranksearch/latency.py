@@ -38,7 +38,7 @@ from . import baselines, export, measure, models, pipeline, svd
 from . import config as cfg
 from .conventions import baseline_key, trial_key
 from .errors import UserError
-from .runs import RunDir, load_state, read_json, write_json
+from .runs import DamagedFile, RunDir, load_state, read_json, write_json
 from .search.study import open_run_study
 
 if TYPE_CHECKING:  # a type hint only; the study is opened through search.study
@@ -158,7 +158,11 @@ def measure_run(
     # pass on its own) starts over instead of mixing the two.
     settings = {"batch_size": batch_size, "threads": threads, "repeats": repeats,
                 "timing": "fastest pass beside the reference"}
-    previous = read_json(run.latency_path) if run.latency_path.is_file() else {}
+    try:
+        previous = read_json(run.latency_path) if run.latency_path.is_file() else {}
+    except DamagedFile as err:  # timings can always be taken again
+        warnings.warn(f"{err}; timing every model again", stacklevel=2)
+        previous = {}
     result: dict[str, Any] = {**settings, "host": platform.node(), "cpu": _cpu_name(),
                               "torch": torch.__version__, "models": {}}
     if all(previous.get(k) == v for k, v in settings.items()):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["RunDir", "RunDirError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "write_json", "read_json", "save_state", "load_state", "CacheEntry"]
+           "write_json", "read_json", "DamagedFile", "save_state", "load_state", "CacheEntry"]
 
 MANIFEST = "manifest.json"
 
@@ -88,8 +88,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+class DamagedFile(RunDirError, ValueError):
+    """A file ranksearch wrote that no longer reads (truncated, edited, half-copied)."""
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON file at ``path``; :class:`DamagedFile`, one line naming it, where it does not
+    parse (ranksearch writes atomically, so only something else cuts one short)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedFile(f"{path}: damaged, not JSON ({err})") from None
 
 
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
