@@ -94,6 +94,10 @@ def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
         dense.load_state_dict(load_state(entry.file("model.safetensors")))
         reference = dense
         found["reference"] = (lambda: svd.for_inference(reference), None)
+    else:
+        warnings.warn(f"{run.path}: the trained reference is not in its cache, so neither it nor "
+                      "the baselines (pruned from it) are timed, and each trial is timed on its "
+                      f"own; 'ranksearch baselines {run.path}' trains it again", stacklevel=3)
     for number in sorted(trials):
         folder = run.trial_dir(number)
         found[trial_key(number)] = (lambda folder=folder: export.load(folder), None)

@@ -248,5 +248,9 @@ class RunDir:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: no such run directory")
         if not self.config_path.is_file():
-            raise RunDirError(f"{self.path}: not a ranksearch run directory (no config.yaml)")
+            restore = (" (its study is there: 'ranksearch search SPACE.yaml --run-dir "
+                       f"{self.path}' with the study's space writes it again)"
+                       if self.journal_path.is_file() or self.storage_path.is_file() else "")
+            raise RunDirError(f"{self.path}: not a ranksearch run directory (no config.yaml)"
+                              + restore)
         return self

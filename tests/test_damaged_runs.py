@@ -104,3 +104,16 @@ def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, capsys
     line = _one_line_error(["export", str(run), "--trial", "0", "--out",
                             str(blocker / "best")], capsys)
     assert str(blocker) in line
+
+
+def test_latency_without_the_reference_says_what_it_leaves_out(run, capsys):
+    shutil.rmtree(run / "cache" / "reference")
+    with pytest.warns(UserWarning, match="the trained reference is not in its cache"):
+        cli.main(["latency", str(run), "--repeats", "1"])
+    assert set(read_json(run / "latency.json")["models"]) == {"trial:0", "trial:1"}
+
+
+def test_a_run_without_its_config_says_how_to_restore_it(run, capsys):
+    (run / "config.yaml").unlink()
+    line = _one_line_error(["status", str(run)], capsys)
+    assert "no config.yaml" in line and "ranksearch search SPACE.yaml --run-dir" in line
