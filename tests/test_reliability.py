@@ -153,21 +153,27 @@ def test_journal_heartbeats_are_files_and_stale_trials_are_requeued(tmp_path):
     study = optuna.create_study(storage=open_storage(url), directions=["maximize"])
     folder = heartbeat_folder(url)
     assert folder == tmp_path / "heartbeats" and heartbeat_folder("sqlite:///x.db") is None
-    alive, dead = study.ask(), study.ask()
-    for trial in (alive, dead):
+    alive, dead, elsewhere, gone_here = (study.ask() for _ in range(4))
+    for trial in (alive, dead, elsewhere, gone_here):
         trial.suggest_float("x", 0, 1)
         with Heartbeat(study, trial._trial_id, folder):
             pass
     old = time.time() - GRACE_S - 1
     os.utime(folder / str(dead._trial_id), (old, old))
+    # A fresh beat from another host: its lock means nothing here, so it is alive.
+    (folder / str(elsewhere._trial_id)).write_text("another-host")
 
-    assert fail_stale_trials(study, study.get_trials(), folder=folder) == 1
+    with Heartbeat(study, alive._trial_id, folder):  # running now, its lock held
+        # gone_here beat a moment ago but its lock on this host is free: its worker died.
+        assert fail_stale_trials(study, study.get_trials(), folder=folder) == 2
     states = {t.number: t for t in study.get_trials()}
-    assert states[alive.number].state == optuna.trial.TrialState.RUNNING
-    assert states[dead.number].state == optuna.trial.TrialState.FAIL
-    assert "no heartbeat" in states[dead.number].user_attrs["fail_reason"]
+    for trial in (alive, elsewhere):
+        assert states[trial.number].state == optuna.trial.TrialState.RUNNING
+    for trial in (dead, gone_here):
+        assert states[trial.number].state == optuna.trial.TrialState.FAIL
+        assert "no heartbeat" in states[trial.number].user_attrs["fail_reason"]
     requeued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in requeued] == [dead.params]
+    assert [t.system_attrs["fixed_params"] for t in requeued] == [dead.params, gone_here.params]
     assert b"ranksearch:heartbeat" not in (tmp_path / "study.journal").read_bytes()
 
 
@@ -238,3 +244,30 @@ def test_a_worker_whose_trial_was_failed_while_it_was_stopped_goes_on(tiny_space
     study = load_study(open_storage(str(run / "study.journal")))
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") == 2 and states[0] == "FAIL"
+
+
+@pytest.mark.slow
+def test_a_rerun_after_kill_9_requeues_at_once_on_the_same_host(tiny_space, tmp_path):
+    """A worker killed on this host leaves its trial's heartbeat lock free: the rerun fails
+    and requeues that trial at once instead of waiting out the grace period, and runs it."""
+    slow = {"svd": {"max_batches": 12, "epochs": 3}}  # a trial long enough to be killed in
+    space = tiny_space(trials=2, schedule=slow)
+    run = tmp_path / "run"
+    env = {**os.environ, "RANKSEARCH_HEARTBEAT_GRACE": "600"}
+    command = [sys.executable, "-m", "ranksearch", "search", str(space), "--run-dir", str(run),
+               "--quiet"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run / "heartbeats").glob("*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    start = time.time()
+    subprocess.run(command, env=env, check=True, timeout=300, capture_output=True)
+    assert time.time() - start < 120  # not the 600 s grace
+    study = _assert_exact(run, 2)
+    killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1 and "no heartbeat" in killed[0].user_attrs["fail_reason"]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == killed[0].number]
+    assert [t.state for t in retried] == [optuna.trial.TrialState.COMPLETE]

@@ -116,9 +116,11 @@ def run_worker(
             time.sleep(POLL_S)
             continue
         try:
+            # Told inside the heartbeat: until then the trial must look alive to the others.
             with Heartbeat(study, trial._trial_id, beats):
                 outcome = objective(trial)
-            study.tell(trial, outcome.values, state=None if outcome.values else TrialState.FAIL)
+                study.tell(trial, outcome.values,
+                           state=None if outcome.values else TrialState.FAIL)
         except KeyboardInterrupt:
             _give_back(study, trial, "interrupted; parameters requeued")
             raise

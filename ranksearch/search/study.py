@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import optuna
@@ -140,13 +142,16 @@ class Heartbeat:
     fails it and requeues its parameters (see :func:`fail_stale_trials`). Optuna's own
     heartbeat exists only for RDB storages; this one works on every storage. With ``folder``
     (see :func:`heartbeat_folder`) the stamp is a file's modification time, else a user
-    attribute of the trial.
+    attribute of the trial. The file also names this host and stays locked (``flock``) while
+    the trial runs: a worker on the same host that finds the lock free knows the trial's worker
+    died, without waiting out the grace period.
     """
 
     def __init__(self, study: optuna.Study, trial_id: int, folder: Path | None = None) -> None:
         self._study = study
         self._trial_id = trial_id
         self._file = None if folder is None else folder / str(trial_id)
+        self._lock: IO[str] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -166,6 +171,11 @@ class Heartbeat:
     def __enter__(self) -> Heartbeat:
         if self._file is not None:
             self._file.parent.mkdir(exist_ok=True)
+            self._lock = self._file.open("a+")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)  # held until this trial ends, or we die
+            self._lock.truncate(0)
+            self._lock.write(socket.gethostname())
+            self._lock.flush()
         self._stamp()
         self._thread.start()
         return self
@@ -173,6 +183,24 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+
+
+def _died_here(beat_file: Path) -> bool:
+    """Whether the trial of ``beat_file`` ran on this host and its worker is gone: the file
+    names this host and its lock is free (locks are only trusted on the host that took them)."""
+    try:
+        with beat_file.open("r+") as handle:
+            if handle.read() != socket.gethostname():
+                return False
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # alive
+            return True  # closing the handle releases the lock at once
+    except OSError:
+        return False
 
 
 def _now() -> float:
@@ -199,7 +227,8 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
         if t.state != TrialState.RUNNING:
             continue
         last = _last_beat(t, folder)
-        if last is None or now - last < GRACE_S:
+        gone = folder is not None and _died_here(folder / str(t._trial_id))
+        if not gone and (last is None or now - last < GRACE_S):
             continue
         try:
             # The reason goes first: a finished trial takes no more attributes.
