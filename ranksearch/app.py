@@ -18,6 +18,7 @@ from .search.backend import Backend
 from .search.storage import (
     STORAGE_ENV,
     absolute_url,
+    heartbeat_folder,
     is_journal_file,
     open_storage,
     require_study,
@@ -31,6 +32,7 @@ from .search.study import (
     create_study,
     load_study,
     open_run_study,
+    stale_trials,
     study_config,
 )
 
@@ -182,9 +184,12 @@ def status_text(run_dir: str | Path) -> str:
     trials = study.get_trials(deepcopy=False)
     c = counts(trials)
     target = study.user_attrs.get(TARGET_ATTR, config.trials)
+    gone = len(stale_trials(trials, heartbeat_folder(run_storage_url(run))))
+    orphans = (f" ({gone} of them with their worker gone: the next search or worker requeues "
+               f"{'it' if gone == 1 else 'them'})" if gone else "")
     lines = [
         f"study {config.name} ({run.path})",
-        f"trials: {c['COMPLETE']} complete of {target}, {c['RUNNING']} running, "
+        f"trials: {c['COMPLETE']} complete of {target}, {c['RUNNING']} running{orphans}, "
         f"{c['FAIL']} failed, {c['WAITING']} queued",
     ]
     metric = config.metric.name

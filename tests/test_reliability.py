@@ -263,6 +263,9 @@ def test_a_rerun_after_kill_9_requeues_at_once_on_the_same_host(tiny_space, tmp_
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    from ranksearch.app import status_text
+
+    assert "1 running (1 of them with their worker gone" in status_text(run)
     start = time.time()
     subprocess.run(command, env=env, check=True, timeout=300, capture_output=True)
     assert time.time() - start < 120  # not the 600 s grace

@@ -28,7 +28,8 @@ from .storage import StorageError, open_storage, require_study, run_storage_url
 
 __all__ = [
     "create_study", "load_study", "study_config", "open_run_study", "make_sampler",
-    "sampler_seed", "counts", "Heartbeat", "fail_stale_trials", "HEARTBEAT_S", "GRACE_S",
+    "sampler_seed", "counts", "Heartbeat", "stale_trials", "fail_stale_trials", "HEARTBEAT_S",
+    "GRACE_S",
     "TARGET_ATTR",
 ]
 
@@ -217,19 +218,27 @@ def _last_beat(trial: FrozenTrial, folder: Path | None) -> float | None:
     return last
 
 
-def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
-                      folder: Path | None = None) -> int:
-    """Fail RUNNING trials whose heartbeat (in ``folder``, else the trial's user attribute)
-    stopped, and requeue their parameters. Returns how many were failed."""
+def stale_trials(trials: list[FrozenTrial], folder: Path | None = None) -> list[FrozenTrial]:
+    """The RUNNING trials whose worker is gone: their heartbeat (in ``folder``, else the
+    trial's user attribute) is older than ``GRACE_S``, or its lock on this host is free."""
     now = _now()
-    failed = 0
+    stale = []
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
         last = _last_beat(t, folder)
-        gone = folder is not None and _died_here(folder / str(t._trial_id))
-        if not gone and (last is None or now - last < GRACE_S):
-            continue
+        if (folder is not None and _died_here(folder / str(t._trial_id))) or (
+                last is not None and now - last >= GRACE_S):
+            stale.append(t)
+    return stale
+
+
+def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
+                      folder: Path | None = None) -> int:
+    """Fail the :func:`stale_trials` and requeue their parameters. Returns how many were
+    failed."""
+    failed = 0
+    for t in stale_trials(trials, folder):
         try:
             # The reason goes first: a finished trial takes no more attributes.
             study._storage.set_trial_user_attr(
