@@ -37,7 +37,7 @@ from .search.study import (
 )
 
 __all__ = [
-    "start_search", "run_search", "join_study", "status_text", "run_baselines",
+    "start_search", "train_trial", "run_search", "join_study", "status_text", "run_baselines",
     "write_report_for_run", "open_run_study", "make_backend", "check_inputs", "run_dir_of",
 ]
 
@@ -91,6 +91,25 @@ def start_search(
     run_search(config, run, backend=backend, workers=workers, address=address,
                progress=progress, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     return run
+
+
+def train_trial(
+    config: cfg.StudyConfig, run_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None, *, source: str = "the config",
+    progress: bool = True,
+) -> tuple[dict, Path]:
+    """``ranksearch train``: run the one trial of a config with a ``params`` section (an
+    export's config.yaml) in its run directory (the reference cache lives there); its files go
+    to ``out``, by default ``RUN_DIR/train``. Returns the trial's metrics and ``out``."""
+    from . import pipeline
+
+    if config.params is None:
+        raise cfg.ConfigError(f"{source}: 'ranksearch train' needs a 'params' section (one "
+                              "trial); a search space runs with 'ranksearch search'")
+    run = RunDir(run_dir_of(config, run_dir)).create()
+    check_inputs(config)
+    folder = Path(out) if out else run.path / "train"
+    return pipeline.run_trial(config, config.params, run, folder, progress=progress), folder
 
 
 def run_search(

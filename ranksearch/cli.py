@@ -59,18 +59,11 @@ def cmd_status(args) -> None:
 
 def cmd_train(args) -> None:
     from . import config as cfg
-    from . import pipeline
-    from .app import check_inputs, run_dir_of
-    from .runs import RunDir
+    from .app import train_trial
 
     config = cfg.load(args.config)
-    if config.params is None:
-        raise CLIError(f"{args.config}: 'ranksearch train' needs a 'params' section (one trial); "
-                       "a search space runs with 'ranksearch search'")
-    run = RunDir(run_dir_of(config, args.run_dir)).create()
-    check_inputs(config)
-    out = Path(args.out) if args.out else run.path / "train"
-    metrics = pipeline.run_trial(config, config.params, run, out, progress=not args.quiet)
+    metrics, out = train_trial(config, args.run_dir, args.out, source=args.config,
+                               progress=not args.quiet)
     print(f"{config.metric.name} {metrics['accuracy']:.4f} "
           f"(test {metrics['test_accuracy']:.4f})  "
           f"FLOPs {metrics['flops']:,} ({metrics['flops_reduction']:.2f}x fewer)  "
