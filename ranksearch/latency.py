@@ -177,7 +177,11 @@ def measure_run(
     for key, (build, recorded_flops) in found.items():
         if key in result["models"]:
             continue
-        model = reference if key == "reference" else build()
+        try:
+            model = reference if key == "reference" else build()
+        except UserError as err:  # one damaged trial folder: time the others
+            warnings.warn(f"{key} not timed: {err}", stacklevel=2)
+            continue
         flops = measure.flops(model, input_shape)
         if recorded_flops is not None and abs(flops - recorded_flops) > 1e-6 * recorded_flops:
             warnings.warn(f"{key}: pruning the reference again gave {flops:,} FLOPs, not the "

@@ -117,3 +117,10 @@ def test_a_run_without_its_config_says_how_to_restore_it(run, capsys):
     (run / "config.yaml").unlink()
     line = _one_line_error(["status", str(run)], capsys)
     assert "no config.yaml" in line and "ranksearch search SPACE.yaml --run-dir" in line
+
+
+def test_latency_times_the_others_around_a_damaged_trial(run):
+    _cut(run / "trials" / "0" / "model.safetensors")
+    with pytest.warns(UserWarning, match="trial:0 not timed: .*model.safetensors cannot be read"):
+        cli.main(["latency", str(run), "--repeats", "1"])
+    assert "trial:1" in read_json(run / "latency.json")["models"]
