@@ -122,7 +122,9 @@ def run_worker(
                 study.tell(trial, outcome.values,
                            state=None if outcome.values else TrialState.FAIL)
         except KeyboardInterrupt:
-            _give_back(study, trial, "interrupted; parameters requeued")
+            # Unless it was interrupted after being told (its result is recorded then).
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                _give_back(study, trial, "interrupted; parameters requeued")
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             # This process stopped (suspended, paused) past the heartbeat grace period: the

@@ -156,7 +156,7 @@ def _drop_cut_record(path: Path) -> None:
                 f.truncate(kept)
         finally:
             lock.release()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: Optuna's lock was taken from us meanwhile
         return
     warnings.warn(f"{path}: dropped its last record, cut short by an interrupted write "
                   f"({len(data) - kept} bytes)", stacklevel=3)
