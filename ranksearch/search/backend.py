@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from ..config import StudyConfig
     from ..runs import RunDir
-
-from ..errors import UserError
 
 __all__ = ["Backend", "TrialsKeepFailing", "MAX_FAILURES_IN_A_ROW", "log", "describe_trial"]
 

@@ -120,7 +120,7 @@ def run_worker(
             with Heartbeat(study, trial._trial_id, beats):
                 outcome = objective(trial)
                 study.tell(trial, outcome.values,
-                           state=None if outcome.values else TrialState.FAIL)
+                           state=TrialState.FAIL if outcome.values is None else None)
         except KeyboardInterrupt:
             # Unless it was interrupted after being told (its result is recorded then).
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
