@@ -62,6 +62,22 @@ def tiny_space(tmp_path: Path):
     return make
 
 
+def cli_error(args: list[str], capsys) -> str:
+    """Run ``ranksearch ARGS`` expecting a user error and return its stderr, checked: exit
+    status 2, no traceback, the last line ``ranksearch[ COMMAND]: error: ...`` (warnings, or
+    argparse's usage, may precede it)."""
+    from ranksearch import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("ranksearch") and ": error: " in last, err
+    return err
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Every test runs torch on one thread. Their tensors are tiny (8x8 digits, batch 64),

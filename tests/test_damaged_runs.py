@@ -13,6 +13,7 @@ import yaml
 
 from ranksearch import cli
 from ranksearch.runs import read_json
+from tests.conftest import cli_error
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,6 @@ def _cut(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _one_line_error(args, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and err[-1].startswith("ranksearch: error: ")
-    assert not any("Traceback" in line for line in err)
-    return err[-1]
-
-
 def test_a_damaged_baseline_result_is_run_again(run, capsys):
     result = run / "baselines" / "l1-2x" / "metrics.json"
     good = read_json(result)
@@ -69,21 +61,21 @@ def test_a_damaged_latency_file_is_timed_again_and_the_report_warns(run, tmp_pat
 
 def test_a_damaged_trial_is_one_line_naming_it(run, tmp_path, capsys):
     _cut(run / "trials" / "0" / "metrics.json")
-    line = _one_line_error(["export", str(run), "--trial", "0", "--out",
-                            str(tmp_path / "x")], capsys)
-    assert f"{run / 'trials' / '0' / 'metrics.json'}: damaged" in line
+    err = cli_error(["export", str(run), "--trial", "0", "--out",
+                     str(tmp_path / "x")], capsys)
+    assert f"{run / 'trials' / '0' / 'metrics.json'}: damaged" in err
     _cut(run / "trials" / "1" / "model.safetensors")
-    line = _one_line_error(["export", str(run), "--trial", "1", "--out",
-                            str(tmp_path / "y")], capsys)
-    assert f"{run / 'trials' / '1'}: model.safetensors cannot be read" in line
+    err = cli_error(["export", str(run), "--trial", "1", "--out",
+                     str(tmp_path / "y")], capsys)
+    assert f"{run / 'trials' / '1'}: model.safetensors cannot be read" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_an_export_into_the_run_is_refused(run, capsys):
     before = (run / "trials" / "1" / "plan.json").read_bytes()
-    line = _one_line_error(["export", str(run), "--trial", "0", "--out",
-                            str(run / "trials" / "1")], capsys)
-    assert "inside the folders of the run" in line
+    err = cli_error(["export", str(run), "--trial", "0", "--out",
+                     str(run / "trials" / "1")], capsys)
+    assert "inside the folders of the run" in err
     assert (run / "trials" / "1" / "plan.json").read_bytes() == before
 
 
@@ -99,11 +91,11 @@ def test_an_export_folder_follows_the_umask(run, tmp_path):
 def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    line = _one_line_error(["report", str(run), "--out", str(blocker)], capsys)
-    assert str(blocker) in line
-    line = _one_line_error(["export", str(run), "--trial", "0", "--out",
-                            str(blocker / "best")], capsys)
-    assert str(blocker) in line
+    err = cli_error(["report", str(run), "--out", str(blocker)], capsys)
+    assert str(blocker) in err
+    err = cli_error(["export", str(run), "--trial", "0", "--out",
+                     str(blocker / "best")], capsys)
+    assert str(blocker) in err
 
 
 def test_latency_without_the_reference_says_what_it_leaves_out(run, capsys):
@@ -115,8 +107,8 @@ def test_latency_without_the_reference_says_what_it_leaves_out(run, capsys):
 
 def test_a_run_without_its_config_says_how_to_restore_it(run, capsys):
     (run / "config.yaml").unlink()
-    line = _one_line_error(["status", str(run)], capsys)
-    assert "no config.yaml" in line and "ranksearch search SPACE.yaml --run-dir" in line
+    err = cli_error(["status", str(run)], capsys)
+    assert "no config.yaml" in err and "ranksearch search SPACE.yaml --run-dir" in err
 
 
 def test_latency_times_the_others_around_a_damaged_trial(run):
