@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .conventions import FLOPS_CONVENTION
-from .svd.compact import fastest_seconds
+from .svd.compact import fastest_seconds, pass_seconds
 
 __all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "fastest_passes", "example_input",
            "is_channels_last", "num_threads"]
@@ -86,15 +86,7 @@ def latency(
     cpu_model = copy.deepcopy(model).cpu().eval()
     x = example_input(cpu_model, input_shape, batch_size)
     with num_threads(threads):
-        times = []
-        with torch.inference_mode():
-            for _ in range(warmup):
-                cpu_model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                cpu_model(x)
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(pass_seconds([cpu_model], x, repeats, warmup)[0])
 
 
 def fastest_passes(

@@ -63,7 +63,7 @@ from .prune import ranked_indices
 
 __all__ = [
     "RANK_MULTIPLE", "WIDE_RANK_MULTIPLE", "compact", "compaction_plan", "build_compact",
-    "rank_multiple_for", "saves_flops", "fastest_seconds",
+    "rank_multiple_for", "saves_flops", "pass_seconds", "fastest_seconds",
 ]
 
 #: Default rounding of kept ranks in narrow layers, and in wide ones (full rank >= WIDE_RANK).
@@ -303,22 +303,30 @@ def _layer_inputs(
     return inputs
 
 
-def fastest_seconds(
+def pass_seconds(
     modules: Sequence[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
-) -> list[float]:
-    """Seconds of the fastest of ``repeats`` passes of each module on ``x``, after ``warmup``
-    untimed ones each (first calls allocate and pick kernels); the modules alternate pass by
-    pass so that load from other processes affects them alike, and load only ever adds
-    time, so the fastest pass is the least disturbed one."""
-    best = [math.inf] * len(modules)
+) -> list[list[float]]:
+    """Seconds of each of ``repeats`` passes of each module on ``x``, after ``warmup`` untimed
+    ones each (first calls allocate and pick kernels); the modules alternate pass by pass so
+    that load from other processes affects them alike."""
+    seconds: list[list[float]] = [[] for _ in modules]
     with torch.inference_mode():
         for module in modules:
             for _ in range(warmup):
                 module(x)
         for _ in range(repeats):
-            for i, module in enumerate(modules):
+            for times, module in zip(seconds, modules, strict=True):
                 start = clock()
                 module(x)
-                best[i] = min(best[i], clock() - start)
-    return best
+                times.append(clock() - start)
+    return seconds
+
+
+def fastest_seconds(
+    modules: Sequence[nn.Module], x: torch.Tensor, repeats: int, warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Seconds of the fastest of ``repeats`` passes of each module (:func:`pass_seconds`):
+    load only ever adds time, so the fastest pass is the least disturbed one."""
+    return [min(times) for times in pass_seconds(modules, x, repeats, warmup, clock)]
