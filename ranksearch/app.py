@@ -63,12 +63,13 @@ def run_dir_of(config: cfg.StudyConfig, run_dir: str | os.PathLike[str] | None =
 
 
 def check_inputs(config: cfg.StudyConfig) -> None:
-    """Fail in seconds, before any training, when the dataset, the model, or the user's
-    training loop or metric cannot be had (each with a one-line :class:`UserError`)."""
+    """Fail in seconds, before any training, when the dataset, the model (or the layers it
+    excludes), or the user's training loop or metric cannot be had (each with a one-line
+    :class:`UserError`)."""
     from . import pipeline
 
     data = pipeline.dataset(config)
-    pipeline.build_model(config, data)
+    pipeline.svd_layer_groups(config, pipeline.build_model(config, data))
     pipeline.training_loop(config)
     pipeline.metric(config)
 

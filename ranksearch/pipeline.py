@@ -71,8 +71,11 @@ def svd_layer_groups(config: cfg.StudyConfig, dense: nn.Module) -> dict[str, str
     """The group of each layer that SVD training decomposes in ``dense``: its
     :func:`ranksearch.models.layer_groups` group, or its own name where it has none."""
     groups = models.layer_groups(dense)
-    return {name: groups.get(name, name)
-            for name in svd.decomposable(dense, exclude=tuple(config.model.exclude))}
+    try:
+        names = svd.decomposable(dense, exclude=tuple(config.model.exclude))
+    except ValueError as err:  # a pattern that matches no layer of this model
+        raise cfg.ConfigError(f"model.exclude: {err}") from None
+    return {name: groups.get(name, name) for name in names}
 
 
 @functools.lru_cache(maxsize=4)

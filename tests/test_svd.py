@@ -287,8 +287,10 @@ def test_sparsity_weights_and_none() -> None:
         model[0][1].s.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0]))
         model[1].s.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0]))
     # Layers "0.0", "0.1" and "1": the longest matching prefix wins, "1" is unmatched.
-    weights = {"0": 1.0, "0.1": 2.0, "0.10": 100.0}
+    weights = {"0": 1.0, "0.1": 2.0}
     assert svd.sparsity_loss(model, "l1", weights).item() == pytest.approx(7.0 + 2 * 2.0)
+    with pytest.raises(ValueError, match="'0.10' names no SVD layer"):  # "0.1" is no prefix
+        svd.sparsity_loss(model, "l1", {**weights, "0.10": 100.0})
     assert svd.sparsity_loss(model, "l1", 1.0).item() == pytest.approx(7.0 + 2.0 + 10.0)
     assert svd.sparsity_loss(model, "none", 1.0).item() == 0.0
     all_zero = _vector_model([0.0] * 4, [1.0] * 4)

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from .conv import SVDConv2d, _pair, factored_geometry, thin_kernel_sizes
-from .decompose import svd_layers
+from .decompose import replace_module, svd_layers
 from .inference import to_channels_last
 from .layers import DenseConv2d, DenseLinear, Scheme, SVDLayer, SVDLinear
 from .prune import ranked_indices
@@ -190,7 +190,7 @@ def compact(
         if not name:  # the model is itself an SVD layer
             result = _compact_layer(layer, rank)
             break
-        result.set_submodule(name, _compact_layer(layer, rank))
+        replace_module(result, layer, _compact_layer(layer, rank).train(layer.training))
     _unmark_dense(result)
     return to_channels_last(result) if channels_last else result
 
@@ -212,7 +212,7 @@ def build_compact(
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"{name!r} is a {type(layer).__name__}, not a Conv2d or Linear")
         if rank is not None:
-            result.set_submodule(name, _empty_pair(layer, scheme, rank))
+            replace_module(result, layer, _empty_pair(layer, scheme, rank).train(layer.training))
     _unmark_dense(result)
     return to_channels_last(result) if channels_last else result
 

@@ -11,7 +11,7 @@ from torch import nn
 from .conv import SVDConv2d
 from .layers import DenseConv2d, DenseLinear, ForwardMode, Init, Scheme, SVDLayer, SVDLinear
 
-__all__ = ["decompose", "decomposable", "svd_layers", "summary"]
+__all__ = ["decompose", "decomposable", "svd_layers", "summary", "replace_module"]
 
 
 def decompose(
@@ -31,11 +31,17 @@ def decompose(
     * layers whose qualified name matches an :mod:`fnmatch` pattern in ``exclude``
       (``"fc"``, ``"layer4.*"``);
     * grouped and depthwise convolutions (``groups > 1``);
-    * convolutions with a ``padding_mode`` other than ``"zeros"``.
+    * convolutions with a ``padding_mode`` other than ``"zeros"``;
+    * layers whose weight is also another module's parameter (an output layer tied to an
+      embedding), which a decomposition would untie;
+    * layers whose parent reads their ``weight`` itself instead of calling them
+      (``nn.TransformerEncoderLayer``'s fast path, torchvision's Swin window attention).
 
     Only layers of exactly these classes are considered; subclasses (which may use their
     weight in their own way, as ``nn.MultiheadAttention``'s output projection does) are left
-    untouched. :func:`summary` lists what was done.
+    untouched. A layer registered under several names stays one layer, in SVD form under
+    all of them. Each SVD layer keeps its layer's training mode and, for ``U``, ``s`` and
+    ``V``, whether its weight required gradients. :func:`summary` lists what was done.
 
     Args:
         model: The dense model; it is not modified.
@@ -44,27 +50,34 @@ def decompose(
         init: ``"svd"`` takes the exact SVD of the current weights, so the result computes
             the same function (up to rounding); ``"random"`` initialises every SVD layer
             like a fresh layer, with orthonormal ``U`` and ``V``, to train from scratch.
-        exclude: Patterns of layer names to keep dense. A single string is one pattern.
+        exclude: Patterns of layer names to keep dense. A single string is one pattern;
+            a pattern that matches no linear or convolution layer is an error.
         forward_mode: The layers' initial ``forward_mode`` (see :class:`SVDLayer`).
 
     Returns:
         The decomposed copy.
     """
-    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    patterns = _patterns(model, exclude)
     result = copy.deepcopy(model)
-    if type(result) in (nn.Conv2d, nn.Linear, DenseConv2d, DenseLinear):
-        return _replacement(result, "", scheme, init, patterns, forward_mode)
-    replacements: dict[int, nn.Module] = {}
-    for parent_name, parent in list(result.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
-            if type(child) not in (nn.Conv2d, nn.Linear, DenseConv2d, DenseLinear):
-                continue
-            if id(child) not in replacements:
-                name = f"{parent_name}.{child_name}" if parent_name else child_name
-                replacements[id(child)] = _replacement(child, name, scheme, init, patterns,
-                                                       forward_mode)
-            setattr(parent, child_name, replacements[id(child)])
+    if type(result) in _DECOMPOSABLE:
+        return _replacement(result, "", scheme, init, patterns, forward_mode, None)
+    special = _special_reasons(result)
+    # named_modules lists a layer once, under its first name; it is replaced under every name.
+    for name, layer in list(result.named_modules()):
+        if type(layer) in _DECOMPOSABLE:
+            replacement = _replacement(layer, name, scheme, init, patterns, forward_mode,
+                                       special.get(id(layer)))
+            replace_module(result, layer, replacement)
     return result
+
+
+def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` in place of ``old`` under every name ``old`` has in ``model`` (a module
+    may be registered under several names, in one parent or in several)."""
+    for parent in model.modules():
+        for key, child in parent._modules.items():
+            if child is old:
+                parent._modules[key] = new
 
 
 def _replacement(
@@ -74,16 +87,23 @@ def _replacement(
     init: Init,
     patterns: tuple[str, ...],
     forward_mode: ForwardMode,
+    special_reason: str | None,
 ) -> nn.Module:
-    reason = _dense_reason(layer, name, patterns)
+    reason = _dense_reason(layer, name, patterns) or special_reason
     if reason is not None:
         # Same parameters, same forward: only the class changes, to carry the reason.
         layer.__class__ = DenseConv2d if isinstance(layer, nn.Conv2d) else DenseLinear
         layer.dense_reason = reason  # type: ignore[union-attr]
         return layer
     if isinstance(layer, nn.Conv2d):
-        return SVDConv2d.from_dense(layer, scheme, init, forward_mode)
-    return SVDLinear.from_dense(layer, init, forward_mode)
+        replacement: SVDLayer = SVDConv2d.from_dense(layer, scheme, init, forward_mode)
+    else:
+        replacement = SVDLinear.from_dense(layer, init, forward_mode)
+    for factor in (replacement.U, replacement.s, replacement.V):
+        factor.requires_grad_(layer.weight.requires_grad)
+    if layer.bias is not None:
+        replacement.bias.requires_grad_(layer.bias.requires_grad)
+    return replacement.train(layer.training)
 
 
 def _dense_reason(layer: nn.Module, name: str, patterns: tuple[str, ...]) -> str | None:
@@ -100,13 +120,66 @@ def _dense_reason(layer: nn.Module, name: str, patterns: tuple[str, ...]) -> str
     return None
 
 
+#: Layer classes decompose considers (exactly these; DenseConv2d/DenseLinear: decomposing a
+#: decomposed model again).
+_DECOMPOSABLE = (nn.Conv2d, nn.Linear, DenseConv2d, DenseLinear)
+
+#: Modules whose forward reads some children's ``weight`` itself instead of calling them,
+#: by qualified class name (a subclass counts): an SVD layer there would break the forward.
+_WEIGHT_READERS = {
+    "torch.nn.modules.transformer.TransformerEncoderLayer": ("linear1", "linear2"),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": ("qkv", "proj"),
+    "torchvision.models.video.swin_transformer.ShiftedWindowAttention3d": ("qkv", "proj"),
+}
+
+
+def _special_reasons(model: nn.Module) -> dict[int, str]:
+    """Why some layers of ``model`` must stay dense, by ``id`` of the layer: their weight is
+    tied to another module's parameter, or their parent reads their weight itself."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                owners.setdefault(id(parameter), []).append(name)
+    reasons = {}
+    for name, module in model.named_modules():
+        if type(module) in _DECOMPOSABLE:
+            others = [owner for owner in owners[id(module.weight)] if owner != name]
+            if others:
+                reasons[id(module)] = f"weight tied to {others[0]!r}"
+        classes = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(module).__mro__}
+        for reader in classes & _WEIGHT_READERS.keys():
+            for child_name in _WEIGHT_READERS[reader]:
+                child = module._modules.get(child_name)
+                if child is not None:
+                    reasons[id(child)] = f"{type(module).__name__} reads its weight directly"
+    return reasons
+
+
+def _patterns(model: nn.Module, exclude: Iterable[str]) -> tuple[str, ...]:
+    """``exclude`` as a tuple of patterns, each checked to match a layer of ``model``."""
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    names = [name for name, module in model.named_modules() if type(module) in _DECOMPOSABLE]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ValueError(f"exclude pattern {pattern!r} matches no linear or convolution "
+                             f"layer of the model (layers: {_some(names)})")
+    return patterns
+
+
+def _some(names: list[str], shown: int = 6) -> str:
+    listed = ", ".join(names[:shown])
+    return f"{listed}, ... ({len(names)} in all)" if len(names) > shown else listed or "none"
+
+
 def decomposable(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
     """Qualified names of the layers :func:`decompose` would put in SVD form, in module
     order, found without copying the model or computing any SVD (the names
     :func:`svd_layers` returns for the decomposed model)."""
-    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    patterns = _patterns(model, exclude)
+    special = _special_reasons(model)
     return [name for name, module in model.named_modules()
-            if type(module) in (nn.Conv2d, nn.Linear, DenseConv2d, DenseLinear)
+            if type(module) in _DECOMPOSABLE and id(module) not in special
             and _dense_reason(module, name, patterns) is None]
 
 
@@ -149,9 +222,15 @@ def per_layer(names: Iterable[str], spec: float | Mapping[str, float], default: 
               ) -> dict[str, float]:
     """Resolve a per-layer setting: one float for all layers, or a dict of layer names and
     dotted prefixes (``"layer2"`` covers ``"layer2.0.conv1"``) where the longest matching key
-    wins and unmatched layers get ``default``."""
+    wins and unmatched layers get ``default``. A key that matches no layer is an error (a
+    misspelt name would otherwise change nothing, silently)."""
     if not isinstance(spec, Mapping):
         return dict.fromkeys(names, float(spec))
+    names = list(names)
+    for key in spec:
+        if not any(name == key or name.startswith(key + ".") for name in names):
+            raise ValueError(f"{key!r} names no SVD layer of the model, nor a prefix of one "
+                             f"(SVD layers: {_some(names)})")
     resolved = {}
     for name in names:
         matches = [key for key in spec if name == key or name.startswith(key + ".")]

@@ -21,8 +21,11 @@ __all__ = ["fold_batchnorm", "for_inference", "to_channels_last"]
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its 4-D parameters in channels_last (in place; returned for chaining)."""
-    return model.to(memory_format=torch.channels_last)
+    """``model`` with its 4-D parameters and buffers in channels_last, the others as they
+    are (in place; returned for chaining). ``model.to(memory_format=...)`` would fail on a
+    5-D one (``nn.Conv3d``); this is the conversion it applies, to 4-D tensors only."""
+    return model._apply(lambda t: t.contiguous(memory_format=torch.channels_last)
+                        if t.dim() == 4 else t)
 
 
 def for_inference(model: nn.Module, *, fold_bn: bool = True,

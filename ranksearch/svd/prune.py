@@ -45,8 +45,7 @@ def prune_by_energy(
     ranks = {}
     for name, layer in layers.items():
         e = thresholds[name]
-        if not 0.0 <= e <= 1.0:
-            raise ValueError(f"energy threshold for {name!r} must be in [0, 1], got {e}")
+        _check_threshold(e, repr(name))
         if e > 0.0:
             _keep(layer, _energy_prefix(layer, e))
         ranks[name] = layer.rank
@@ -66,8 +65,14 @@ def ranks_at_energy(model: nn.Module, threshold: float) -> dict[str, int]:
     """The rank :func:`prune_by_energy` would keep in each SVD layer at ``threshold``,
     without pruning anything: how concentrated each spectrum is (the rank at e = 0.01 falls
     as SVD training's sparsity term does its work)."""
+    _check_threshold(threshold, "every layer")
     return {name: int(_energy_prefix(layer, threshold).numel()) if threshold > 0 else layer.rank
             for name, layer in svd_layers(model).items()}
+
+
+def _check_threshold(e: float, layers: str) -> None:
+    if not 0.0 <= e <= 1.0:  # NaN fails too
+        raise ValueError(f"energy threshold for {layers} must be in [0, 1], got {e}")
 
 
 def _energy_prefix(layer: SVDLayer, e: float) -> torch.Tensor:
