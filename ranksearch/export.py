@@ -138,7 +138,9 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
         _write_onnx(model, plan["input_shape"], staging / "model.onnx")
         metrics = read_json(trial_dir / "metrics.json")
         metric = cfg.load(staging / "config.yaml").metric.name
-        atomic_write_text(staging / "README.md", _readme(metrics, plan, trial_dir.name, metric))
+        layer_order = [name for name, _ in model.named_modules()]
+        atomic_write_text(staging / "README.md",
+                          _readme(metrics, plan, trial_dir.name, metric, layer_order))
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -185,10 +187,15 @@ def _deployed_form(width: int | None) -> str:
     return "one dense layer (merged back)" if width is None else f"two layers, inner width {width}"
 
 
-def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: str) -> str:
+def _readme(metrics: dict[str, Any], plan: dict[str, Any], number: str, metric: str,
+            layer_order: list[str]) -> str:
+    # The JSON files list layers alphabetically (layer1.10 before layer1.2); the table
+    # follows the model.
+    position = {name: i for i, name in enumerate(layer_order)}
+    ranks = sorted(metrics["ranks"].items(), key=lambda item: position.get(item[0], len(position)))
     rank_lines = "\n".join(
         f"| `{name}` | {rank} | {_deployed_form(plan['plan'].get(name))} |"
-        for name, rank in metrics["ranks"].items())
+        for name, rank in ranks)
     return f"""# ranksearch export: trial {number}
 
 | | |

@@ -82,6 +82,7 @@ def test_export_readme_code_runs_and_names_the_deployed_widths(finished_run, tmp
     plan = read_json(out / "plan.json")["plan"]
     rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
     assert set(rows) == set(plan)
+    assert list(rows) == [name for name, _ in model.named_modules() if name in plan]  # in order
     for name, width in plan.items():
         if width is None:
             assert "merged back" in rows[name]
