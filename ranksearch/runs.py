@@ -103,9 +103,13 @@ def read_json(path: Path) -> Any:
 
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors, atomically (no pickle)."""
+    import torch
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    # Copies: safetensors refuses tensors that share memory, which a module registered
+    # under two names gives (its parameters appear under both).
+    tensors = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+               for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
 

@@ -452,3 +452,38 @@ def test_ray_search(tiny_space, tmp_path, kind) -> None:
     subprocess.run([sys.executable, "-m", "ranksearch", "search", space.name, "--backend", "ray",
                     "--run-dir", "run", "--quiet"], cwd=tmp_path, check=True, timeout=600)
     assert _complete_trials(tmp_path / "run") == 2
+
+
+SHARED_NET = """
+from torch import nn
+
+
+class Shared(nn.Module):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.block_again = self.block  # one layer, run twice
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        return self.head(self.block_again(self.block(x).relu()).relu())
+"""
+
+
+def test_a_user_model_with_a_shared_layer_runs_exports_and_loads(tiny_space, tmp_path,
+                                                                  monkeypatch) -> None:
+    import ranksearch
+    from ranksearch import svd
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(SHARED_NET)
+    space = tiny_space(model={"name": "nets.py:Shared"}, trials=2)
+    cli.main(["search", str(space), "--run-dir", "run", "--quiet"])
+    assert _complete_trials(tmp_path / "run") == 2
+    cli.main(["export", "run", "--min-accuracy", "0", "--out", "best"])
+    model = ranksearch.load("best")
+    assert model.block_again is model.block
+    assert not any(isinstance(m, svd.SVDLayer) for m in model.modules())
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
