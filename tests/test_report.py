@@ -188,6 +188,36 @@ def test_baseline_fronts(study: optuna.Study, run_dir: Path) -> None:
     assert pareto_front(df, "baseline:fpgm")["accuracy"].tolist() == [0.905]
 
 
+def test_the_latency_chart_draws_every_timed_trial_once(study: optuna.Study,
+                                                        run_dir: Path) -> None:
+    """The latency front differs from the FLOPs front; the FLOPs front's points off it are
+    still drawn (they used to vanish from the latency chart)."""
+    from ranksearch.report.data import pareto_chart
+
+    df = trials_frame(study, run_dir)
+    svd_rows = df["kind"] == "svd"
+    df.loc[svd_rows, "latency_ms"] = 1.0  # equal times: the latency front is one point
+    df.loc[svd_rows & (df["number"] == 4), "latency_ms"] = np.nan  # one trial not timed
+    chart = pareto_chart(df, pareto_front(df), pd.DataFrame(), max_dominated=100)
+    drawn = {role: s.rows["number"].astype(int).tolist()
+             for s in chart.series("latency_ms") if (role := s.role) in
+             ("front", "dominated", "truncated")}
+    assert drawn["front"] == [12]  # the most accurate, at the same latency as all
+    numbers = [n for numbers in drawn.values() for n in numbers]
+    assert sorted(numbers) == [n for n in COMPLETE if n != 4]
+
+
+def test_the_accuracy_axis_hides_no_point_above_it(study: optuna.Study, run_dir: Path) -> None:
+    from ranksearch.report.data import LOW_FIDELITY_KIND, pareto_chart
+
+    df = trials_frame(study, run_dir)
+    lowfi = df[df["kind"] == "svd"].head(2).assign(kind=LOW_FIDELITY_KIND, accuracy=[0.99, 0.1])
+    df = pd.concat([df, lowfi], ignore_index=True)
+    chart = pareto_chart(df, pareto_front(df), pd.DataFrame(), max_dominated=100)
+    assert chart.accuracy_range[1] > 99.0
+    assert "1 candidates before fine-tuning lie below the initial accuracy axis" in chart.note()
+
+
 def brute_force_front(accuracy: np.ndarray, flops: np.ndarray) -> set[int]:
     keep = set()
     for i in range(len(accuracy)):

@@ -132,6 +132,8 @@ class ParetoChart:
                               self.others[self.eligible.loc[self.others.index]]])
             pool = pool[np.isfinite(pool[axis].to_numpy(dtype=float))]
             front = pool[nondominated(pool["accuracy"], pool[axis])].sort_values(axis)
+            # The FLOPs front's points off this front are drawn with the others.
+            others = pd.concat([others, self.front]).sort_index()
             others = others[~others.index.isin(front.index)]
             eligible = self.eligible.loc[others.index]
             front_label = "SVD training: latency front"
@@ -177,12 +179,17 @@ class ParetoChart:
         if self.unplottable:
             note += f"; {self.unplottable:,} complete trials have no accuracy or FLOPs"
         if self.accuracy_range is not None:
-            below = int((self.others["accuracy"] * 100 < self.accuracy_range[0]).sum())
+            low = self.accuracy_range[0]
+            below = int((self.others["accuracy"] * 100 < low).sum())
             if below:
                 note += (
                     f"; {below:,} trials lie below the initial accuracy axis "
                     "(double-click the chart to show everything)"
                 )
+            below = int((self.low_fidelity["accuracy"] * 100 < low).sum())
+            if below:
+                note += (f"; {below:,} candidates before fine-tuning lie below the initial "
+                         "accuracy axis")
         return note + "."
 
 
@@ -246,9 +253,10 @@ def _accuracy_range(chart: ParetoChart, quoted_points: pd.DataFrame) -> list[flo
         parts.append(quoted_points["accuracy"])
     focus = pd.concat([p for p in parts if len(p)], ignore_index=True)
     focus = focus[np.isfinite(focus)]
-    high = max(
-        float(chart.others["accuracy"].max()) if len(chart.others) else -1.0, float(focus.max())
-    )
+    # Nothing is hidden above the axis: not a dominated trial, nor a low-fidelity point.
+    high = max([float(focus.max())] + [float(frame["accuracy"].max())
+                                       for frame in (chart.others, chart.low_fidelity)
+                                       if len(frame)])
     low = float(focus.min())
     pad = max(0.005, 0.05 * (high - low))
     return [100 * (low - pad), 100 * (high + pad)]

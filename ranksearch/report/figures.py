@@ -57,7 +57,8 @@ def figures(data: ReportData) -> list[Figure]:
                 "fig-latency",
                 f"{metric_title(metric)} against measured CPU latency",
                 "Latency of the compact model, measured on the CPU; only points with a "
-                "measurement are drawn. The front drawn is the FLOPs front.",
+                "measurement are drawn. The front drawn is the latency front, computed on "
+                "latency; the FLOPs front's other points are drawn with the dominated trials.",
                 pareto_figure(data.chart, "latency_ms", "latency (ms)", param_columns, metric),
             )
         )
