@@ -210,7 +210,8 @@ def status_text(run_dir: str | Path) -> str:
     lines = [
         f"study {config.name} ({run.path})",
         f"trials: {c['COMPLETE']} complete of {target}, {c['RUNNING']} running{orphans}, "
-        f"{c['FAIL']} failed, {c['WAITING']} queued",
+        f"{c['FAIL']} failed, {c['WAITING']} queued"
+        + (f", {c['PRUNED']} pruned" if c["PRUNED"] else ""),
     ]
     metric = config.metric.name
     ref = study.user_attrs.get("reference")
@@ -219,7 +220,12 @@ def status_text(run_dir: str | Path) -> str:
     baselines = run.baseline_results()
     if config.baselines is not None:
         wanted = len(config.baselines.methods) * len(config.baselines.targets)
-        lines.append(f"baselines: {len(baselines)} of {wanted} done")
+        failed = [b for b in baselines if b.get("status", "complete") != "complete"]
+        lines.append(f"baselines: {len(baselines)} of {wanted} done"
+                     + (f", {len(failed)} of them failed" if failed else ""))
+        for b in failed:
+            lines.append(f"  failed baseline {b.get('method')} {b.get('target', 0):g}x: "
+                         f"{b['status'].removeprefix('failed: ')}")
     front = pareto_front(trials_frame(study, run.path))
     if len(front):
         lines.append(f"Pareto front (val {metric}, FLOPs, reduction):")

@@ -358,10 +358,23 @@ def pruned_reference(dense: nn.Module, input_shape: Sequence[int], method: str, 
     return prune_to_flops(dense, input_shape, method, target, seed=seed)
 
 
+def trial_budget(config: cfg.StudyConfig) -> dict[str, cfg.Schedule]:
+    """The SVD-training and fine-tuning schedules of the longest trial the study may run:
+    the schedule's, with the most epochs the space may choose where it searches them, so
+    that no baseline trains for less than an SVD trial."""
+    space = config.space
+    svd_epochs = max(space.svd_epochs) if space.svd_epochs else config.schedule.svd.epochs
+    finetune_epochs = (max(space.finetune_epochs) if space.finetune_epochs
+                       else config.schedule.finetune.epochs)
+    return {"svd": config.schedule.svd.model_copy(update={"epochs": svd_epochs}),
+            "finetune": config.schedule.finetune.model_copy(update={"epochs": finetune_epochs})}
+
+
 def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
                   progress: bool) -> dict[str, Any]:
     """Prune the cached reference to ``target``x fewer FLOPs with ``method`` and fine-tune it
-    with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one."""
+    with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one,
+    each for the most epochs a trial may get (:func:`trial_budget`)."""
     start = time.perf_counter()
     data = pipeline.dataset(config)
     dense, ref_metrics = pipeline.reference(config, run, progress=progress)
@@ -370,8 +383,7 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
     metrics: dict[str, Any] = {}
     try:
         pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
-        phases = (("svd", config.schedule.svd), ("finetune", config.schedule.finetune))
-        for budget, schedule in phases:
+        for budget, schedule in trial_budget(config).items():
             result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
                                     desc=f"{method} {target:g}x ({budget} budget)",
                                     progress=progress)
@@ -410,10 +422,11 @@ def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
                 if held and not _readable(result_path):
                     metrics = _baseline_run(config, run, method, target, progress)
                     write_json(result_path, metrics)
-                    print(f"baseline {method} {target:g}x: {config.metric.name} "
-                          f"{metrics.get('accuracy', float('nan')):.4f}, "
-                          f"{metrics.get('flops_reduction', float('nan')):.2f}x fewer FLOPs",
-                          file=sys.stderr, flush=True)
+                    outcome = (metrics["status"] if metrics["status"] != "complete" else
+                               f"{config.metric.name} {metrics['accuracy']:.4f}, "
+                               f"{metrics['flops_reduction']:.2f}x fewer FLOPs")
+                    print(f"baseline {method} {target:g}x: {outcome}", file=sys.stderr,
+                          flush=True)
     return [read_json(run.baseline_dir(m, t) / "metrics.json") for m, t in pending]
 
 

@@ -379,14 +379,14 @@ def run_trial(
             svd.prune_by_energy(model, expand_by_layer(params.energy, layer_names, groups))
         finetune_epochs = (params.finetune_epochs if params.finetune_epochs is not None
                            else config.schedule.finetune.epochs)
-        finetune_seconds = 0.0
+        finetune_seconds, finetune_trained = 0.0, 0
         if finetune_epochs > 0:
             result = train(config, model, "finetune", config.schedule.finetune,
                            seed=config.seed + 2,
                            regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
                            lr=finetune_lr(config, params), epochs=finetune_epochs,
                            desc="fine-tune", progress=progress)
-            finetune_seconds = result.seconds
+            finetune_seconds, finetune_trained = result.seconds, result.epochs
     except Diverged as err:
         raise TrialFailed(str(err)) from None
     ranks = {name: int(layer.rank) for name, layer in svd.svd_layers(model).items()}
@@ -404,6 +404,8 @@ def run_trial(
         svd_cached=svd_meta["svd_cached"],
         spectrum=svd_meta.get("spectrum"),
         train_time_s=svd_train_s + finetune_seconds,
+        # The trial's budget, the baselines' yardstick: SVD training plus fine-tuning.
+        epochs=svd_meta["svd_epochs"] + finetune_trained,
         wall_time_s=time.perf_counter() - start,
         status="complete",
         full_budget=True,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ranksearch import cli, config
+from ranksearch import app, baselines, cli, config
 from ranksearch.baselines import TOLERANCE
 from ranksearch.report.pareto import trials_frame
 from ranksearch.runs import RunDir, atomic_write_text
@@ -29,6 +29,41 @@ def test_two_methods_two_targets(tiny_space, tmp_path):
     _, _, study = open_run_study(run)
     frame = trials_frame(study, run)
     assert (frame["kind"].str.startswith("baseline:")).sum() == 4
+
+
+def test_baselines_get_the_longest_trial_budget_the_space_allows(tiny_space, tmp_path):
+    space = tiny_space(trials=2, space={"svd_epochs": [1, 2], "finetune_epochs": [0, 2]},
+                       baselines={"methods": ["l1"], "targets": [2]})
+    run = tmp_path / "run"
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    assert [r["epochs"] for r in RunDir(run).baseline_results()] == [4]
+    _, _, study = open_run_study(run)
+    frame = trials_frame(study, run).set_index("number")
+    for trial in study.trials:  # each trial's own budget, in trials.csv for comparison
+        assert frame.loc[trial.number, "epochs"] == (
+            trial.params["svd_epochs"] + trial.params["finetune_epochs"])
+
+
+def test_a_failed_baseline_is_reported_as_failed_with_its_reason(tiny_space, tmp_path,
+                                                                  monkeypatch, capsys):
+    def cannot_prune(*args, **kwargs):
+        raise RuntimeError("cannot reduce FLOPs 2x with slimming: no channel could be removed")
+
+    monkeypatch.setattr(baselines, "pruned_reference", cannot_prune)
+    space = tiny_space(trials=1, baselines={"methods": ["slimming"], "targets": [2]})
+    run = tmp_path / "run"
+    cli.main(["search", str(space), "--run-dir", str(run)])
+    assert "baseline slimming 2x: failed: cannot reduce" in capsys.readouterr().err
+    assert ("  failed baseline slimming 2x: cannot reduce FLOPs 2x with slimming"
+            in app.status_text(run))
+    _, _, study = open_run_study(run)
+    row = trials_frame(study, run).query("kind == 'baseline:slimming'").iloc[0]
+    assert row["state"] == "FAIL" and row["fail_reason"].startswith("cannot reduce")
+    cli.main(["report", str(run), "--out", str(tmp_path / "report")])
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "- Failed baseline run, never drawn: slimming 2x: cannot reduce" in summary
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "0 trials and 1 failed baseline run." in page and "slimming 2x (baseline)" in page
 
 
 @pytest.mark.slow

@@ -265,7 +265,8 @@ def _accuracy_range(chart: ParetoChart, quoted_points: pd.DataFrame) -> list[flo
 @dataclass(frozen=True)
 class ReportData:
     """Everything the report shows. ``trials`` is :func:`~.pareto.trials_frame`; ``front``
-    its SVD front; ``excluded`` the SVD trials that may not stand on it, with a ``reason``;
+    its SVD front; ``excluded`` the SVD trials that may not stand on it and the failed
+    baseline runs, with a ``reason`` and a ``label``;
     ``metric`` the name of the study's quality metric (the ``accuracy`` columns hold it)."""
 
     title: str
@@ -365,9 +366,15 @@ def _study_config(study: optuna.Study, run_dir: Path | None) -> cfg.StudyConfig 
 
 def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
     """SVD trials that ran but may not stand on the front (failed, pruned, truncated,
-    diverged, outside the constraints), with the reason why."""
+    diverged, outside the constraints), then the baseline runs that failed, with the reason
+    why and a ``label`` naming each (``#12``, ``slimming 2x (baseline)``)."""
     svd = df[(df["kind"] == "svd") & df["state"].isin(["COMPLETE", "FAIL", "PRUNED"])]
-    excluded = svd[~eligible_mask(svd)].copy()
+    excluded = svd[~eligible_mask(svd)].sort_values("number")
+    failed_baselines = df[df["kind"].str.startswith("baseline:") & (df["state"] == "FAIL")]
+    excluded = pd.concat([excluded, failed_baselines.sort_values(["method", "target"])])
+    excluded["label"] = [f"#{int(row.number)}" if row.kind == "svd"
+                         else f"{row.method} {row.target:g}x (baseline)"
+                         for row in excluded.itertuples()]
     reasons = []
     for row in excluded.itertuples():
         if isinstance(row.fail_reason, str) and row.fail_reason:
@@ -385,4 +392,4 @@ def _excluded_trials(df: pd.DataFrame) -> pd.DataFrame:
         else:
             reasons.append("no accuracy or FLOPs recorded")
     excluded["reason"] = reasons
-    return excluded.sort_values("number")
+    return excluded

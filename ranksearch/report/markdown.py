@@ -82,12 +82,14 @@ def summary(data: ReportData) -> str:
         ref_line,
         f"- SVD trials: {sum(counts.values())} ("
         + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
-        + f"); {len(data.excluded)} failed, pruned, truncated, diverged or outside the "
-        "constraints, never on the front.",
+        + f"); {int((data.excluded['kind'] == 'svd').sum())} failed, pruned, truncated, "
+        "diverged or outside the constraints, never on the front.",
         f"- Pareto front: {len(data.front)} points (pareto.csv).",
         f"- Baseline runs: {len(baselines)}"
         + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")
         + ".",
+        *(f"- Failed baseline run, never drawn: {row.label.removesuffix(' (baseline)')}: "
+          f"{row.reason}." for row in data.excluded.itertuples() if row.kind != "svd"),
         "",
         f"## Largest FLOPs reduction within a given drop of the reference {metric}",
         "",

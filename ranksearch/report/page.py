@@ -82,7 +82,7 @@ def page(data: ReportData) -> str:
         webgl=json.dumps(data.chart.use_webgl),
         cards=_cards(data),
         sections="".join(sections),
-        excluded_count=f"{len(excluded):,}",
+        excluded_count=_excluded_count(excluded),
         excluded_note=(
             f" (first {MAX_TABLE_ROWS} of {len(excluded):,}; all are in trials.csv)"
             if len(excluded) > MAX_TABLE_ROWS
@@ -168,11 +168,18 @@ def _reduction_section(reduction: pd.DataFrame, metric: str, axis: str = "flops"
     )
 
 
+def _excluded_count(excluded: pd.DataFrame) -> str:
+    trials = int((excluded["kind"] == "svd").sum())
+    runs = len(excluded) - trials
+    text = f"{trials:,} trials"
+    return text + (f" and {runs} failed baseline run{'s' if runs > 1 else ''}" if runs else "")
+
+
 def _excluded_table(excluded: pd.DataFrame, metric: str) -> str:
     if not len(excluded):
         return "<p>None: every finished trial was trained on the full budget.</p>"
     rows = [
-        [f"#{int(r.number)}", str(r.state), r.reason, pct(r.accuracy), mflops(r.flops)]
+        [r.label, str(r.state), r.reason, pct(r.accuracy), mflops(r.flops)]
         for r in excluded.head(MAX_TABLE_ROWS).itertuples()
     ]
     table = _html_table(["trial", "state", "reason", metric, "FLOPs"], rows, "excluded-table")

@@ -126,6 +126,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params": _number(metrics.get("params")),
         "latency_ms": _number(metrics.get("latency_ms")),
         "wall_time_s": _number(metrics.get("wall_time_s")),
+        "epochs": _number(metrics.get("epochs")),
         # A trial without the flag predates it or was added by hand; only the pipeline
         # truncates, and it always writes the flag.
         "full_budget": bool(metrics.get("full_budget", True)),
@@ -191,11 +192,14 @@ def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
             warnings.warn(f"skipping unreadable baseline result {path}: {exc}", stacklevel=3)
             continue
         method = str(metrics.get("method") or path.parent.name.rsplit("-", 1)[0])
+        status = str(metrics.get("status", "complete"))
+        failed = status != "complete"
         rows.append(
             {
                 "kind": f"baseline:{method}",
-                "state": "COMPLETE",
-                "status": "complete",
+                "state": "FAIL" if failed else "COMPLETE",
+                "status": status,
+                "fail_reason": status.removeprefix("failed: ") if failed else None,
                 "accuracy": _number(metrics.get("accuracy")),
                 "test_accuracy": _number(metrics.get("test_accuracy")),
                 "flops": _number(metrics.get("flops")),

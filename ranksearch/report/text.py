@@ -17,7 +17,8 @@ DEFAULT_METRIC = "accuracy"
 #: How baselines are trained, stated in the report so that the comparison can be judged.
 BASELINE_BUDGET_RULE = (
     "each baseline is fine-tuned for the same number of epochs as one SVD trial's "
-    "SVD-training plus fine-tuning, from the same reference"
+    "SVD-training plus fine-tuning (the most a trial may get, where the space searches "
+    "them), from the same reference"
 )
 
 
