@@ -68,8 +68,9 @@ def select_trial(
         if rows.empty:
             raise ExportError(f"--trial {trial}: no such trial in the study")
         if rows.iloc[0]["state"] != "COMPLETE":
-            raise ExportError(f"--trial {trial}: the trial is {rows.iloc[0]['state'].lower()}, "
-                              "not complete")
+            state = {"FAIL": "failed", "WAITING": "queued"}.get(rows.iloc[0]["state"],
+                                                                rows.iloc[0]["state"].lower())
+            raise ExportError(f"--trial {trial}: the trial is {state}, not complete")
         return trial
     if front.empty:
         raise ExportError("the study has no complete trial yet")

@@ -154,3 +154,13 @@ def test_load_gives_the_deployed_model_or_the_one_to_train_further(finished_run,
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():  # folding the norms changes nothing but rounding
         torch.testing.assert_close(deployed(x), trainable(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("state, word", [("FAIL", "failed"), ("WAITING", "queued"),
+                                         ("RUNNING", "running"), ("PRUNED", "pruned")])
+def test_exporting_an_unfinished_trial_says_what_it_is(state, word):
+    import pandas as pd
+
+    trials = pd.DataFrame({"kind": ["svd"], "number": [3], "state": [state]})
+    with pytest.raises(export.ExportError, match=f"--trial 3: the trial is {word}, not complete"):
+        export.select_trial(trials, trials.iloc[:0], 1e6, trial=3)

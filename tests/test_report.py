@@ -218,6 +218,28 @@ def test_the_accuracy_axis_hides_no_point_above_it(study: optuna.Study, run_dir:
     assert "1 candidates before fine-tuning lie below the initial accuracy axis" in chart.note()
 
 
+@pytest.mark.parametrize("promoted_state", [TrialState.WAITING, TrialState.FAIL,
+                                            TrialState.COMPLETE])
+def test_a_promoted_candidate_is_a_point_until_its_trial_completes(promoted_state) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("reference", REFERENCE)
+    sweep = [{"energy": 0.01, "flops": 20e6, "proxy_accuracy": 0.9, "own": True},
+             {"energy": 0.1, "flops": 10e6, "proxy_accuracy": 0.8, "promoted": True},
+             {"energy": 0.2, "flops": 5e6, "proxy_accuracy": 0.6}]
+    metrics = {"accuracy": 0.9, "flops": 20e6, "status": "complete", "full_budget": True}
+    study.add_trial(create_trial(values=[0.9, 20e6], user_attrs={"metrics": metrics,
+                                                                 "sweep": sweep}))
+    promoted = {"promoted_from": 0, "proxy_flops": 10e6}
+    if promoted_state == TrialState.COMPLETE:
+        promoted["metrics"] = {**metrics, "accuracy": 0.85, "flops": 10e6}
+    study.add_trial(create_trial(
+        state=promoted_state, user_attrs=promoted,
+        values=[0.85, 10e6] if promoted_state == TrialState.COMPLETE else None))
+    lowfi = trials_frame(study).query("kind == 'svd-proxy'")
+    expected = [5e6] if promoted_state == TrialState.COMPLETE else [10e6, 5e6]
+    assert lowfi["flops"].tolist() == expected
+
+
 def brute_force_front(accuracy: np.ndarray, flops: np.ndarray) -> set[int]:
     keep = set()
     for i in range(len(accuracy)):
