@@ -45,3 +45,36 @@ def test_spaces_with_costly_finetuning_sweep_each_model(name: str) -> None:
 
 def test_quickstart_keeps_one_point_per_trial() -> None:
     assert cfg.load(SPACES / "digits_quickstart.yaml").space.sweep is None
+
+
+def test_a_trial_records_what_the_space_fixed_as_well_as_what_it_searched(tiny_space) -> None:
+    """trials.csv holds every setting a trial ran with: the constants too, named as
+    parameters would be."""
+    import optuna
+
+    from ranksearch.report.pareto import trials_frame
+    from ranksearch.search.space import constant_params, suggest
+
+    space = cfg.load(tiny_space(space={
+        "scheme": ["spatial"], "decay": ["hoyer", "l1"], "granularity": "stage",
+        "lambda_o": 0.5,
+        "energy": {"hoyer": {"low": 0.01, "high": 0.01}, "l1": {"low": 0.01, "high": 0.3}},
+    })).space
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    groups = {"layer1.0.conv1": "layer1", "layer2.0.conv1": "layer2"}
+    for _ in range(6):
+        trial = study.ask()
+        params = suggest(trial, space, groups)
+        constants = constant_params(params, trial.params)
+        assert constants["scheme"] == "spatial" and constants["lambda_o"] == 0.5
+        assert "decay" not in constants and not any(k.startswith("lambda_s") for k in constants)
+        if params.decay == "hoyer":
+            assert constants["energy.layer1"] == constants["energy.layer2"] == 0.01
+        else:
+            assert not any(k.startswith("energy") for k in constants)
+        trial.set_user_attr("metrics", {"constants": constants})
+        study.tell(trial, [0.5, 1e6])
+    frame = trials_frame(study)
+    assert (frame["param_scheme"] == "spatial").all()
+    assert frame["param_decay"].notna().all()

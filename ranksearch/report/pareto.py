@@ -140,7 +140,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "ranks": json.dumps(ranks, separators=(",", ":")) if ranks else None,
         **_spectrum_columns(metrics),
     }
-    for name, value in trial.params.items():
+    for name, value in {**metrics.get("constants", {}), **trial.params}.items():
         row[f"param_{name}"] = value
     return row
 

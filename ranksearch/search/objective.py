@@ -14,7 +14,13 @@ from .. import fidelity, objectives
 from ..pipeline import TrialFailed, build_model, dataset, run_trial, svd_layer_groups
 from ..runs import RunDir
 from ..train import MetricFailed
-from .space import energy_params, granularity_units, suggest, training_param_names
+from .space import (
+    constant_params,
+    energy_params,
+    granularity_units,
+    suggest,
+    training_param_names,
+)
 
 __all__ = ["Objective", "TrialOutcome"]
 
@@ -64,6 +70,7 @@ class Objective:
         metrics["framework_time_s"] = max(
             0.0, time.perf_counter() - start - metrics["train_time_s"] - metrics["eval_time_s"]
             - metrics.get("sweep_time_s", 0.0))
+        metrics["constants"] = constant_params(params, trial.params)
         trial.set_user_attr("metrics", metrics)
         # Optuna's samplers steer away from a trial with a positive value, and
         # Study.best_trials leaves it out.

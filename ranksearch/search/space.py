@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ..config import Range, SearchSpace, TrialParams
 
 __all__ = ["suggest", "training_param_names", "granularity_units", "energy_params",
-           "SuggestTrial"]
+           "constant_params", "SuggestTrial"]
 
 
 class SuggestTrial(Protocol):
@@ -79,6 +79,25 @@ def suggest(trial: SuggestTrial, space: SearchSpace, layer_groups: dict[str, str
     if space.finetune_epochs is not None:
         values["finetune_epochs"] = int(_value(trial, "finetune_epochs", space.finetune_epochs))
     return TrialParams(**values)
+
+
+def constant_params(params: TrialParams, suggested: dict[str, Any]) -> dict[str, Any]:
+    """What the space fixed rather than searched, named as :func:`suggest` would name the
+    parameter (a per-unit value as ``energy.layer2``): ``params`` less the ``suggested``
+    parameters, so that a trial's record holds every setting it ran with."""
+    constants: dict[str, Any] = {}
+    for field in ("scheme", "decay", "lambda_o", "lambda_s", "energy", "lr", "svd_epochs",
+                  "finetune_epochs"):
+        value = getattr(params, field)
+        if value is None or (field == "lambda_s" and params.decay == "none"):
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for unit, item in items:
+            dotted = "" if unit is None else f".{unit}"
+            # Suggested as the field's own name, or under the decay type's (lambda_s_hoyer).
+            if not {f"{field}{dotted}", f"{field}_{params.decay}{dotted}"} & suggested.keys():
+                constants[f"{field}{dotted}"] = item
+    return constants
 
 
 def granularity_units(space: SearchSpace, layer_groups: dict[str, str]) -> list[str]:
