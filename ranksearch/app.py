@@ -226,7 +226,13 @@ def status_text(run_dir: str | Path) -> str:
         for b in failed:
             lines.append(f"  failed baseline {b.get('method')} {b.get('target', 0):g}x: "
                          f"{b['status'].removeprefix('failed: ')}")
-    front = pareto_front(trials_frame(study, run.path))
+    frame = trials_frame(study, run.path)
+    front = pareto_front(frame)
+    if not len(front) and c["COMPLETE"]:
+        complete = frame[(frame["kind"] == "svd") & (frame["state"] == "COMPLETE")]
+        why = ("all outside the study's constraints" if not complete["feasible"].any()
+               else "none trained on the full budget with a finite result")
+        lines.append(f"Pareto front: none yet ({c['COMPLETE']} complete trials, {why})")
     if len(front):
         lines.append(f"Pareto front (val {metric}, FLOPs, reduction):")
         for row in front.itertuples():

@@ -105,8 +105,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
     reference = study.user_attrs.get("reference")
     if reference is None:
         raise ExportError(f"{run.path}: the study has no reference yet")
-    number = select_trial(trials, pareto_front(trials), reference["flops"], trial=trial,
+    front = pareto_front(trials)
+    number = select_trial(trials, front, reference["flops"], trial=trial,
                           max_flops=max_flops, min_accuracy=min_accuracy)
+    if number not in set(front["number"].astype(int)):
+        warnings.warn(f"trial {number} is not on the Pareto front ({_off_front(trials, number)});"
+                      " exporting it as asked", stacklevel=2)
     inside = Path(out).resolve()
     if inside == run.path.resolve() or any(
             (run.path / owned).resolve() in (inside, *inside.parents)
@@ -114,6 +118,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
         raise ExportError(f"--out {out}: inside the folders of the run {run.path}, whose files "
                           "it would replace; export to a folder of its own")
     return export_trial(run.trial_dir(number), out)
+
+
+def _off_front(trials: pd.DataFrame, number: int) -> str:
+    row = trials[(trials["kind"] == "svd") & (trials["number"] == number)].iloc[0]
+    if not row["feasible"]:
+        return "outside the study's constraints"
+    if not row["full_budget"]:
+        return "not trained on the full budget"
+    return "another trial is at least as good in both objectives"
 
 
 def export_trial(trial_dir: Path, out: str | Path) -> Path:

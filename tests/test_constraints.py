@@ -3,6 +3,8 @@ no front, status line, report or export holds a trial that violates them."""
 
 from __future__ import annotations
 
+import pytest
+
 from ranksearch import cli
 from ranksearch.app import status_text
 from ranksearch.report import pareto_front, trials_frame
@@ -37,3 +39,17 @@ def test_a_trial_outside_the_constraints_is_on_no_front(tiny_space, tmp_path, ca
     cli.main(["export", str(run), "--max-flops", "1x", "--out", str(out)])
     most_accurate = int(front.sort_values(["accuracy", "flops"]).iloc[-1]["number"])
     assert (out / "README.md").read_text().splitlines()[0].endswith(f"trial {most_accurate}")
+
+    # Asked for by number, an infeasible trial is exported, with a warning saying why.
+    infeasible = int(svd[svd["flops"] > ceiling]["number"].iloc[0])
+    with pytest.warns(UserWarning, match=f"trial {infeasible} is not on the Pareto front "
+                      r"\(outside the study's constraints\)"):
+        cli.main(["export", str(run), "--trial", str(infeasible), "--out", str(tmp_path / "x")])
+
+
+def test_status_says_why_there_is_no_front(tiny_space, tmp_path):
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=2, constraints={"max_flops": 1e3})),
+              "--run-dir", str(run), "--quiet"])
+    assert ("Pareto front: none yet (2 complete trials, all outside the study's constraints)"
+            in status_text(run))
