@@ -240,6 +240,25 @@ def test_a_promoted_candidate_is_a_point_until_its_trial_completes(promoted_stat
     assert lowfi["flops"].tolist() == expected
 
 
+def test_a_low_fidelity_point_says_what_it_is_when_hovered() -> None:
+    from ranksearch.report.data import pareto_chart
+    from ranksearch.report.figures import _hover_texts
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("reference", REFERENCE)
+    sweep = [{"energy": 0.01, "flops": 20e6, "proxy_accuracy": 0.9, "own": True},
+             {"energy": {"layer1": 0.2, "layer2": 0.05}, "flops": 5e6, "proxy_accuracy": 0.6}]
+    metrics = {"accuracy": 0.9, "flops": 20e6, "status": "complete", "full_budget": True}
+    study.add_trial(create_trial(values=[0.9, 20e6], user_attrs={"metrics": metrics,
+                                                                 "sweep": sweep}))
+    df = trials_frame(study)
+    lowfi = next(s for s in pareto_chart(df, pareto_front(df), pd.DataFrame(), 100).series()
+                 if s.role == "lowfi")
+    (text,) = _hover_texts(lowfi, [], "accuracy")
+    assert text.startswith("<b>candidate of trial #0, before fine-tuning</b>")
+    assert "proxy accuracy 60.00 %" in text and "layer1=0.2, layer2=0.05" in text
+
+
 def brute_force_front(accuracy: np.ndarray, flops: np.ndarray) -> set[int]:
     keep = set()
     for i in range(len(accuracy)):

@@ -18,7 +18,7 @@ from ranksearch.report.data import (
     ReportData,
     Series,
 )
-from ranksearch.report.pareto import kind_label
+from ranksearch.report.pareto import LOW_FIDELITY_KIND, kind_label
 from ranksearch.report.text import (
     hypervolume_text,
     metric_label,
@@ -135,6 +135,9 @@ def _hover_texts(series: Series, param_columns: list[str], metric: str) -> list[
     # Plain records: Series access per cell would dominate the report's time at 5,000 trials.
     for record in series.rows.to_dict("records"):
         kind = record["kind"]
+        if kind == LOW_FIDELITY_KIND:
+            texts.append(_low_fidelity_text(record, metric))
+            continue
         if kind == "svd":
             head = f"<b>trial #{int(record['number'])}</b>"
         elif kind == "reference":
@@ -157,6 +160,22 @@ def _hover_texts(series: Series, param_columns: list[str], metric: str) -> list[
             lines.extend(text for text in (params, ranks) if text)
         texts.append("<br>".join(lines))
     return texts
+
+
+def _low_fidelity_text(record: dict[str, Any], metric: str) -> str:
+    candidate = json.loads(record["candidate"]) if isinstance(record["candidate"], str) else {}
+    energy = candidate.get("energy")
+    if isinstance(energy, dict):
+        energy_text = ", ".join(f"{escape(k)}={v:.3g}" for k, v in energy.items())
+    else:
+        energy_text = "" if energy is None else f"{energy:.3g}"
+    return "<br>".join([
+        f"<b>candidate of trial #{int(record['number'])}, before fine-tuning</b>",
+        f"proxy {escape(metric)} {pct(record['accuracy'])} (a sample of the validation "
+        "split, not fine-tuned)",
+        f"{mflops(record['flops'])}, reduction {times(record['flops_reduction'])}",
+        f"energy threshold {energy_text}",
+    ])
 
 
 # ---------------------------------------------------------------------------------------------
