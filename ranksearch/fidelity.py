@@ -127,6 +127,7 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
     layers = svd.svd_layers(model)
     names = list(layers)
     batch_size = config.schedule.finetune.batch_size
+    example = measure.example_input(model, data.input_shape, 1)  # for the FLOPs merge rule
     results = []
     for energy in energies:
         start = time.perf_counter()
@@ -135,8 +136,8 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
         # The compact model (a copy) is the one counted, recalibrated and evaluated: its
         # FLOPs and proxy accuracy describe the same model, and its thin layers make both
         # forward passes cheaper than the masked full-rank one.
-        candidate = svd.compact(model, svd.compaction_plan(model,
-                                                           rank_multiple=config.rank_multiple))
+        candidate = svd.compact(model, svd.compaction_plan(
+            model, rank_multiple=config.rank_multiple, example_input=example))
         flops = measure.flops(candidate, data.input_shape)
         _recalibrate_bn(candidate, data, spec.bn_batches, batch_size, config.precision)
         accuracy = quality(candidate, data, config, "val",

@@ -208,11 +208,14 @@ def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
 
     Kept ranks are rounded up (``config.rank_multiple``, default per layer); a pair is merged
     back into one layer where it is slower than the dense layer, timed on the CPU at the
-    latency batch when the study measures latency, by the FLOPs rule otherwise.
+    latency batch when the study measures latency, where it costs at least the dense
+    layer's FLOPs at the dataset's input size otherwise.
     """
     multiple = config.rank_multiple
     if not config.measure_latency:
-        plan = svd.compaction_plan(model, rank_multiple=multiple)
+        # One image: the FLOPs rule needs the size of each layer's input, not a batch.
+        plan = svd.compaction_plan(model, rank_multiple=multiple,
+                                   example_input=measure.example_input(model, data.input_shape, 1))
         return svd.compact(model, plan), plan
     device = next(model.parameters()).device
     example = torch.randn(config.latency.batch_size, *data.input_shape, device=device)

@@ -443,6 +443,30 @@ def test_merge_back_at_the_rule_boundary(factory, scheme: str, pair_rank: int,
         torch.testing.assert_close(compacted(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "pointwise_first"])
+@pytest.mark.parametrize("geometry", [{"kernel_size": 5}, {"kernel_size": 3, "stride": 2},
+                                      {"kernel_size": (5, 3), "padding": (0, 1)}])
+def test_given_an_input_the_flops_rule_is_exact(scheme: str, geometry: dict) -> None:
+    """Without padding, or at a size the stride does not divide, the size-free rule can keep
+    a pair that costs more FLOPs than the dense layer (a 5x5 spatial pair on 11x11 runs its
+    vertical conv at 7x11 positions for 7x7 outputs); with the input, every pair kept costs
+    fewer FLOPs and every pair merged at least as many, as measured."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(16, 16, **geometry))
+    shape = (16, 11, 11)
+    dense_flops = measure.flops(dense, shape)
+    wrong = 0
+    for rank in range(1, svd.decompose(dense, scheme)[0].full_rank + 1):
+        model = svd.decompose(dense, scheme)
+        svd.set_ranks(model, {"0": rank})
+        plan = svd.compaction_plan(model, rank_multiple=1, example_input=torch.randn(1, *shape))
+        pair_flops = measure.flops(svd.build_compact(dense, {"0": rank}, scheme), shape)
+        assert (plan["0"] is not None) is (pair_flops < dense_flops), rank
+        wrong += saves_flops(dense[0], scheme, rank) is not (pair_flops < dense_flops)
+    if scheme != "channel" and "padding" not in geometry:
+        assert wrong  # the case this test is about: the size-free rule errs here
+
+
 def test_rank_multiple_pads_with_zero_singular_values() -> None:
     torch.manual_seed(0)
     model = svd.decompose(nn.Sequential(nn.Conv2d(16, 32, 3, padding=1)))

@@ -25,6 +25,10 @@ the input size: the pair is kept when
 
 That is the FLOPs ratio exactly where the input's height and width are multiples of the
 stride (sh, sw) under the usual padding (k // 2), and to within the border rows otherwise.
+Given an example input, the rule compares instead the FLOPs of the pair and of the dense
+layer at the input each layer receives (:meth:`SVDLayer.factored_flops`,
+:meth:`SVDLayer.layer_flops`), exact for any padding and size: a 5 × 5 spatial pair without
+padding on a 12 × 12 input runs its vertical conv at 8 × 12 positions for 8 × 8 outputs.
 
 ``merge="latency"`` instead times the pair against the dense layer on the CPU at the input
 each layer receives.
@@ -106,14 +110,15 @@ def compaction_plan(
 
     Args:
         model: A model with (pruned) SVD layers; not modified.
-        merge: ``"flops"`` keeps a pair where :func:`saves_flops` says so; ``"latency"``
-            keeps it where it runs faster than the dense layer, both timed on the CPU (best
-            of ``repeats`` runs) on the input the layer receives when ``model`` runs
-            ``example_input``. Give that input the batch size and memory format of the
-            intended deployment.
+        merge: ``"flops"`` keeps a pair where it costs fewer FLOPs than the dense layer,
+            on the input the layer receives when ``model`` runs ``example_input``, or by
+            :func:`saves_flops` without one; ``"latency"`` keeps it where it runs faster
+            than the dense layer, both timed on the CPU (best of ``repeats`` runs) on that
+            input. Give that input the batch size and memory format of the intended
+            deployment.
         rank_multiple: Round each kept rank up to a multiple of this (capped at the full
             rank) before deciding; None: :func:`rank_multiple_for` each layer.
-        example_input: Required with ``merge="latency"``.
+        example_input: Required with ``merge="latency"``; makes ``"flops"`` exact.
         repeats: Timing repetitions per layer and variant with ``merge="latency"``.
 
     Returns:
@@ -128,16 +133,18 @@ def compaction_plan(
     for name, layer in layers.items():
         multiple = rank_multiple or rank_multiple_for(layer)
         ranks[name] = min(layer.full_rank, math.ceil(layer.rank / multiple) * multiple)
-    if merge == "flops":
-        return {name: ranks[name] if saves_flops(layer, _scheme(layer), ranks[name]) else None
-                for name, layer in layers.items()}
-    if example_input is None:
+    if merge == "latency" and example_input is None:
         raise ValueError("merge='latency' needs an example_input")
-    inputs = _layer_inputs(model, example_input, layers)
+    inputs = {} if example_input is None else _layer_inputs(model, example_input, layers)
     plan: Plan = {}
     for name, layer in layers.items():
-        if name not in inputs:  # not reached by this input: nothing to time
+        if name not in inputs:  # no input given, or not reached by it: the size-free rule
             plan[name] = ranks[name] if saves_flops(layer, _scheme(layer), ranks[name]) else None
+            continue
+        if merge == "flops":
+            shape = inputs[name].shape
+            cheaper = layer.factored_flops(shape, ranks[name]) < layer.layer_flops(shape)
+            plan[name] = ranks[name] if cheaper else None
             continue
         pair = _compact_layer(layer, ranks[name]).cpu()
         dense = _compact_layer(layer, None).cpu()

@@ -173,23 +173,23 @@ class SVDConv2d(SVDLayer):
         convs of :meth:`factor_weights`."""
         return factored_geometry(self.scheme, self.stride, self.padding, self.dilation)
 
-    def dense_flops(self, input_shape: Sequence[int]) -> int:
+    def layer_flops(self, input_shape: Sequence[int]) -> int:
         *batch, height, width = input_shape
         out_h, out_w = conv_output_size((height, width), self.kernel_size, self.stride,
                                         self.padding, self.dilation)
         kh, kw = self.kernel_size
         positions = math.prod(batch[:-1]) * out_h * out_w
-        return (2 * positions * self.out_channels * self.in_channels * kh * kw
-                + self._rebuild_flops())
+        return 2 * positions * self.out_channels * self.in_channels * kh * kw
 
-    def factored_flops(self, input_shape: Sequence[int]) -> int:
+    def factored_flops(self, input_shape: Sequence[int], rank: int | None = None) -> int:
         # Each thin conv at each of its own output positions: the spatial scheme's vertical
         # conv runs at every input column, the pointwise-first 1×1 conv at every input
         # position, since only the second conv strides there.
+        rank = self.rank if rank is None else rank
         *batch, height, width = input_shape
         images = math.prod(batch[:-1])
         kernels = thin_kernel_sizes(self.scheme, self.kernel_size)
-        channels = ((self.in_channels, self.rank), (self.rank, self.out_channels))
+        channels = ((self.in_channels, rank), (rank, self.out_channels))
         size, flops = (height, width), 0
         for kernel, geometry, (inputs, outputs) in zip(kernels, self.factored_geometry(),
                                                        channels, strict=True):

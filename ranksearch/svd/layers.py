@@ -189,10 +189,16 @@ class SVDLayer(nn.Module):
 
     def dense_flops(self, input_shape: Sequence[int]) -> int:
         """FLOPs of the ``"dense"`` forward (weight rebuild included) for ``input_shape``."""
+        return self.layer_flops(input_shape) + self._rebuild_flops()
+
+    def layer_flops(self, input_shape: Sequence[int]) -> int:
+        """FLOPs of the plain dense layer (``nn.Linear`` / ``nn.Conv2d``) for
+        ``input_shape``."""
         raise NotImplementedError
 
-    def factored_flops(self, input_shape: Sequence[int]) -> int:
-        """FLOPs of the ``"factored"`` forward at the kept rank for ``input_shape``."""
+    def factored_flops(self, input_shape: Sequence[int], rank: int | None = None) -> int:
+        """FLOPs of the ``"factored"`` forward, or of the compact pair, at ``rank`` (default:
+        the kept rank) for ``input_shape``."""
         raise NotImplementedError
 
     def _rebuild_flops(self) -> int:
@@ -270,13 +276,12 @@ class SVDLinear(SVDLayer):
         u, s, v = select_factors(self, indices)
         return v.mT, u * s
 
-    def dense_flops(self, input_shape: Sequence[int]) -> int:
-        rows = math.prod(input_shape[:-1])
-        return 2 * rows * self.out_features * self.in_features + self._rebuild_flops()
+    def layer_flops(self, input_shape: Sequence[int]) -> int:
+        return 2 * math.prod(input_shape[:-1]) * self.out_features * self.in_features
 
-    def factored_flops(self, input_shape: Sequence[int]) -> int:
-        rows = math.prod(input_shape[:-1])
-        return 2 * rows * self.rank * (self.in_features + self.out_features)
+    def factored_flops(self, input_shape: Sequence[int], rank: int | None = None) -> int:
+        rank = self.rank if rank is None else rank
+        return 2 * math.prod(input_shape[:-1]) * rank * (self.in_features + self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_factored(x.shape):
