@@ -133,6 +133,7 @@ def run_search(
             stacklevel=2)
     runner = make_backend(backend, workers=workers, address=address,
                           gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+    runner.check()
     url = storage_url(run, config.storage)
     if config.storage:
         write_storage_note(run, url)

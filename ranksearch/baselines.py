@@ -358,23 +358,11 @@ def pruned_reference(dense: nn.Module, input_shape: Sequence[int], method: str, 
     return prune_to_flops(dense, input_shape, method, target, seed=seed)
 
 
-def trial_budget(config: cfg.StudyConfig) -> dict[str, cfg.Schedule]:
-    """The SVD-training and fine-tuning schedules of the longest trial the study may run:
-    the schedule's, with the most epochs the space may choose where it searches them, so
-    that no baseline trains for less than an SVD trial."""
-    space = config.space
-    svd_epochs = max(space.svd_epochs) if space.svd_epochs else config.schedule.svd.epochs
-    finetune_epochs = (max(space.finetune_epochs) if space.finetune_epochs
-                       else config.schedule.finetune.epochs)
-    return {"svd": config.schedule.svd.model_copy(update={"epochs": svd_epochs}),
-            "finetune": config.schedule.finetune.model_copy(update={"epochs": finetune_epochs})}
-
-
 def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
                   progress: bool) -> dict[str, Any]:
     """Prune the cached reference to ``target``x fewer FLOPs with ``method`` and fine-tune it
     with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one,
-    each for the most epochs a trial may get (:func:`trial_budget`)."""
+    each for the most epochs a trial may get (:func:`pipeline.trial_budget`)."""
     start = time.perf_counter()
     data = pipeline.dataset(config)
     dense, ref_metrics = pipeline.reference(config, run, progress=progress)
@@ -383,7 +371,7 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
     metrics: dict[str, Any] = {}
     try:
         pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
-        for budget, schedule in trial_budget(config).items():
+        for budget, schedule in pipeline.trial_budget(config).items():
             result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
                                     desc=f"{method} {target:g}x ({budget} budget)",
                                     progress=progress)

@@ -44,7 +44,8 @@ from .train import (
 __all__ = [
     "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
     "svd_layer_groups", "expand_by_layer", "measured", "deployable", "svd_trained", "svd_key",
-    "train", "quality", "training_loop", "metric", "reference_key", "SPECTRUM_ENERGY",
+    "train", "quality", "training_loop", "metric", "reference_key", "trial_budget",
+    "SPECTRUM_ENERGY",
 ]
 
 
@@ -340,6 +341,18 @@ def svd_trained(
         write_json(entry.file("meta.json"), meta)
         entry.seal()
     return model, {**meta, "svd_cached": False}
+
+
+def trial_budget(config: cfg.StudyConfig) -> dict[str, cfg.Schedule]:
+    """The SVD-training and fine-tuning schedules of the longest trial the study may run:
+    the schedule's, with the most epochs the space may choose where it searches them, so
+    that no baseline trains for less than an SVD trial."""
+    space = config.space
+    svd_epochs = max(space.svd_epochs) if space.svd_epochs else config.schedule.svd.epochs
+    finetune_epochs = (max(space.finetune_epochs) if space.finetune_epochs
+                       else config.schedule.finetune.epochs)
+    return {"svd": config.schedule.svd.model_copy(update={"epochs": svd_epochs}),
+            "finetune": config.schedule.finetune.model_copy(update={"epochs": finetune_epochs})}
 
 
 def finetune_lr(config: cfg.StudyConfig, params: cfg.TrialParams) -> float:

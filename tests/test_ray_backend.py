@@ -214,6 +214,82 @@ def test_interrupted_search_resumes_and_grows(tmp_path, ray_mark, monkeypatch, c
     assert sorted(p.name for p in (run / "trials").iterdir()) == ["0", "1", "2"]
 
 
+def test_a_lowered_target_on_resume_trains_nothing_more(tmp_path, ray_mark, monkeypatch,
+                                                        capsys):
+    run = tmp_path / "run"
+    command = ["search", str(_space(tmp_path, trials=2)), "--backend", "ray", "--run-dir",
+               str(run), "--quiet"]
+    suggest = ray_backend._StudySearch.suggest
+
+    def suggest_then_interrupt(self, trial_id):
+        point = suggest(self, trial_id)
+        if isinstance(point, dict) and point[ray_backend.NUMBER_KEY] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return point
+
+    monkeypatch.setattr(ray_backend._StudySearch, "suggest", suggest_then_interrupt)
+    with pytest.raises(SystemExit):
+        cli.main(command)
+    monkeypatch.setattr(ray_backend._StudySearch, "suggest", suggest)
+    cli.main([*command, "--trials", "1"])
+    assert "resuming" not in capsys.readouterr().err
+    study = _study(run)
+    assert _complete(study) == [0]
+    assert "RUNNING" not in _states(study)  # the interrupted trial: failed and requeued
+
+
+def _searcher(tmp_path: Path, target: int) -> tuple[ray_backend._StudySearch, optuna.Study]:
+    config = cfg.load(_space(tmp_path))
+    storage = optuna.storages.InMemoryStorage()
+    study = create_study(config, storage)
+    study.set_user_attr("n_trials", target)
+    searcher = ray_backend._StudySearch(
+        space=ray_backend._Space(config.space, {}), metric=["accuracy", "flops"],
+        mode=["max", "min"], sampler=make_sampler(config.sampler),
+        study_name=config.name, storage=storage,
+    )
+    return searcher, study
+
+
+def test_the_searcher_counts_trials_other_processes_run(tmp_path):
+    """A worker joined the study and runs a trial: with a target of 2, Ray starts one."""
+    searcher, study = _searcher(tmp_path, target=2)
+    study.ask()  # the other process's trial, RUNNING
+    assert isinstance(searcher.suggest("ray-1"), dict)
+    assert searcher.suggest("ray-2") == ray_backend.Searcher.FINISHED
+
+
+def test_a_crashed_ray_trial_is_requeued_once(tmp_path):
+    searcher, study = _searcher(tmp_path, target=4)
+    searcher.suggest("ray-1")
+    searcher.on_trial_complete("ray-1", None, error=True)  # its process was killed
+    crashed, retry = study.trials
+    assert crashed.state == TrialState.FAIL
+    assert crashed.user_attrs["fail_reason"].endswith("; parameters requeued")
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    again = searcher.suggest("ray-2")  # the queued parameters come first
+    assert again[ray_backend.NUMBER_KEY] == 1
+    assert study.trials[1].params == crashed.params
+    searcher.on_trial_complete("ray-2", None, error=True)  # crashed again: not a third time
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--address", "127.0.0.1"], "--address 127.0.0.1: expected HOST:PORT"),
+    (["--cpus-per-trial", "512"], "--cpus-per-trial 512: this host has"),
+    (["--gpus-per-trial", "64"], "--gpus-per-trial 64: this host has"),
+])
+def test_ray_options_that_cannot_work_fail_before_any_training(tmp_path, capsys, options,
+                                                                message):
+    from tests.conftest import cli_error
+
+    run = tmp_path / "run"
+    err = cli_error(["search", str(_space(tmp_path)), "--backend", "ray", "--run-dir", str(run),
+                     *options], capsys)
+    assert message in err.splitlines()[-1]
+    assert not (run / "cache").exists() and not (run / "study.journal").exists()
+
+
 def test_searcher_state_never_holds_the_storage(tmp_path):
     """Ray pickles its searcher into the run directory; a storage URL may hold a password."""
     config = cfg.load(_space(tmp_path))

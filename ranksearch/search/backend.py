@@ -41,6 +41,10 @@ class Backend(ABC):
     name: ClassVar[str]
     """The ``--backend`` value that selects it."""
 
+    def check(self) -> None:  # noqa: B027 (a hook: most backends have nothing to check)
+        """Fail in seconds, with a one-line :class:`~ranksearch.errors.UserError`, when the
+        backend's options cannot work here; called before anything is trained."""
+
     @abstractmethod
     def run(self, config: StudyConfig, run: RunDir, storage_url: str, *,
             progress: bool = True) -> None:

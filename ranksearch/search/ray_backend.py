@@ -21,18 +21,15 @@ run again on their own Optuna trials, and nothing finished runs again.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
@@ -46,9 +43,18 @@ from .. import objectives
 from ..runs import RunDir
 from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
 from .objective import Objective
+from .ray_cluster import check_fits, check_reachable, default_gpus, local_resources, ray_cluster
 from .space import suggest
 from .storage import absolute_url, heartbeat_folder, open_storage
-from .study import TARGET_ATTR, Heartbeat, counts, fail_stale_trials, load_study, make_sampler
+from .study import (
+    TARGET_ATTR,
+    Heartbeat,
+    counts,
+    fail_stale_trials,
+    load_study,
+    make_sampler,
+    requeue,
+)
 
 __all__ = ["RayBackend", "run_ray_search", "EXPERIMENT"]
 
@@ -75,6 +81,15 @@ class RayBackend(Backend):
         self.options = {"concurrency": concurrency, "address": address,
                         "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial}
 
+    def check(self) -> None:
+        """The cluster answers at ``address``; without one, this host has what a trial asks
+        (Tune would wait forever for more; a cluster may grow, so its size is not checked)."""
+        if self.options["address"]:
+            check_reachable(self.options["address"])
+        else:
+            check_fits(self.options["cpus_per_trial"], self.options["gpus_per_trial"] or 0.0,
+                        local_resources())
+
     def run(self, config: cfg.StudyConfig, run: RunDir, storage_url: str, *,
             progress: bool = True) -> None:
         run_ray_search(config, run, storage_url, progress=progress, **self.options)
@@ -99,8 +114,8 @@ def run_ray_search(
     """
     if config.space is None:
         raise ValueError("a search needs a config with a 'space' section")
-    if address:
-        _check_reachable(address)
+    RayBackend(address=address, gpus_per_trial=gpus_per_trial,
+               cpus_per_trial=cpus_per_trial).check()
     # Trainables run in Ray worker processes, maybe on other hosts, in another directory.
     run = RunDir(run.path.resolve())
     url = absolute_url(storage_url)
@@ -110,15 +125,17 @@ def run_ray_search(
         study.set_user_attr(TARGET_ATTR, config.trials)
     space = _Space(config.space, Objective(config, run, progress=False).layer_groups())
     experiment = run.path / "ray" / EXPERIMENT
-    with _ray_cluster(address, progress), _bound(storage):
-        gpus = _default_gpus(config) if gpus_per_trial is None else gpus_per_trial
-        if address is None:
-            _check_fits(cpus_per_trial, gpus)
+    with ray_cluster(address, progress), _bound(storage):
+        gpus = default_gpus(config) if gpus_per_trial is None else gpus_per_trial
         trainable = tune.with_resources(
             _trainable(config, run.path, url, threads=max(1, int(cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus},
         )
-        if _unfinished(experiment):
+        target = study.user_attrs[TARGET_ATTR]
+        complete = counts(study.get_trials(deepcopy=False))["COMPLETE"]
+        # Not past a target lowered since the interruption: the trials it left running are
+        # failed and requeued below instead.
+        if complete < target and _unfinished(experiment):
             log(f"resuming the interrupted Ray Tune experiment in {experiment}")
             # Errored Ray trials are failed Optuna trials already: new trials replace them.
             _fit(tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
@@ -246,10 +263,11 @@ class _StudySearch(OptunaSearch):
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             return Searcher.FINISHED
         if trial_id not in self._ot_trials:
-            complete = len(self._ot_study.get_trials(deepcopy=False,
-                                                     states=(TrialState.COMPLETE,)))
-            in_flight = sum(1 for t in self._ot_trials if t not in self._completed_trials)
-            if complete + in_flight >= self._ot_study.user_attrs[TARGET_ATTR]:
+            # Running anywhere: this searcher's trials (told only once they end) and those of
+            # any other process on the study (a worker, another driver).
+            busy = self._ot_study.get_trials(deepcopy=False,
+                                             states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if len(busy) >= self._ot_study.user_attrs[TARGET_ATTR]:
                 return Searcher.FINISHED
         return super().suggest(trial_id)
 
@@ -258,12 +276,17 @@ class _StudySearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
         ot_trial = self._ot_trials[trial_id]
+        # A crash (the process killed, out of memory) is no fault of the trial's: its
+        # parameters run once more, unless this was the second time.
+        requeued = False
         if result is not None and FAILED_KEY in result:
             result, error = None, True  # the Objective recorded why
         elif error:
+            requeued = "retry_of" not in self._storage.get_trial(ot_trial._trial_id).user_attrs
             with contextlib.suppress(UpdateFinishedTrialError):  # then the tell fails alike
-                ot_trial.set_user_attr("fail_reason", "the Ray trial crashed; see its "
-                                       "error.txt under RUN_DIR/ray")
+                ot_trial.set_user_attr(
+                    "fail_reason", "the Ray trial crashed; see its error.txt under RUN_DIR/ray"
+                    + ("; parameters requeued" if requeued else ""))
         super().on_trial_complete(trial_id, result=result, error=error)
         # The worker wrote the metrics or the reason through its own storage handle.
         frozen = self._storage.get_trial(ot_trial._trial_id)
@@ -273,6 +296,8 @@ class _StudySearch(OptunaSearch):
         elif frozen.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             self.last_fail_reason = frozen.user_attrs.get("fail_reason")
+            if requeued:
+                requeue(self._ot_study, frozen)
             log(f"trial {frozen.number} failed: {self.last_fail_reason}")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -318,62 +343,7 @@ def _trial_name(trial: Trial) -> str:
     return f"trial-{trial.config[NUMBER_KEY]}"
 
 
-# --- Ray, the experiment folder and signals --------------------------------------------------
-@contextlib.contextmanager
-def _ray_cluster(address: str | None, progress: bool) -> Iterator[None]:
-    """Connect to the cluster at ``address``, or start a private local one; disconnect at
-    the end whatever happens, which stops a local cluster and every worker it started."""
-    if ray.is_initialized():  # the caller's own Ray session (Python API): theirs to stop
-        yield
-        return
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING)
-        else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                     log_to_driver=progress, logging_level=logging.WARNING)
-    except ConnectionError as err:
-        ray.shutdown()
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no answer"
-        raise cfg.ConfigError(
-            f"--address {address}: cannot join the Ray cluster ({reason}; a cluster with token "
-            "authentication needs RAY_AUTH_MODE=token here too)") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds when nothing listens at a ``HOST:PORT`` address: ``ray.init`` would
-    retry for minutes."""
-    host, sep, port = address.rpartition(":")
-    if "://" in address or not sep or not port.isdigit():
-        return  # "auto", "ray://HOST:PORT" and the like: Ray resolves those itself
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as err:
-        raise cfg.ConfigError(f"--address {address}: no Ray cluster answers there "
-                              f"({err.strerror or err})") from None
-
-
-def _check_fits(cpus: float, gpus: float) -> None:
-    """Fail when a trial asks for more than this host has: Tune would wait for it forever.
-    (An existing cluster may grow, so only a private local one is checked.)"""
-    have = ray.cluster_resources()
-    for flag, asked, name in (("--cpus-per-trial", cpus, "CPU"),
-                              ("--gpus-per-trial", gpus, "GPU")):
-        if asked > have.get(name, 0):
-            raise cfg.ConfigError(f"{flag} {asked:g}: this host has {have.get(name, 0):g} "
-                                  f"{name}s for Ray")
-
-
-def _default_gpus(config: cfg.StudyConfig) -> float:
-    """One GPU per trial when the cluster has GPUs and the config may use them."""
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    return 1.0 if has_gpus and config.device != "cpu" else 0.0
-
-
+# --- the experiment folder and signals ---------------------------------------------------
 def _unfinished(experiment: Path) -> bool:
     """Whether the Ray experiment saved in ``experiment`` has trials that did not finish (it
     was interrupted); a finished experiment holds only terminated and errored trials."""

@@ -247,8 +247,21 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial],
                 continue
         except Exception:
             continue  # another worker got there first, or the trial just finished
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
-                            skip_if_exists=False)
+        requeue(study, t)
         failed += 1
     return failed
+
+
+#: What a queued trial carries from where it came from (a shared SVD training, a promoted
+#: sweep candidate), and so its retry too.
+_ORIGIN_ATTRS = ("reuses_training_of", "promoted_from", "candidate", "proxy_accuracy",
+                 "proxy_flops")
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the parameters of ``trial`` (failed by no fault of its own: its worker died)
+    again, with the attributes that say where it came from and ``retry_of`` its number."""
+    origin = {k: trial.user_attrs[k] for k in _ORIGIN_ATTRS if k in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={**origin, "retry_of": trial.number},
+                        skip_if_exists=False)
 

@@ -1,0 +1,82 @@
+"""The Ray cluster a search runs on: a private local one or an existing one joined by address,
+and the checks that fail in seconds where Ray would wait or retry for minutes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+
+import ray
+
+from .. import config as cfg
+
+__all__ = ["ray_cluster", "check_reachable", "local_resources", "check_fits", "default_gpus"]
+
+
+@contextlib.contextmanager
+def ray_cluster(address: str | None, progress: bool) -> Iterator[None]:
+    """Connect to the cluster at ``address``, or start a private local one; disconnect at
+    the end whatever happens, which stops a local cluster and every worker it started."""
+    if ray.is_initialized():  # the caller's own Ray session (Python API): theirs to stop
+        yield
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=progress, logging_level=logging.WARNING)
+        else:
+            local = local_resources()
+            ray.init(address="local", num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]),
+                     include_dashboard=False, log_to_driver=progress,
+                     logging_level=logging.WARNING)
+    except (ConnectionError, ValueError) as err:  # ValueError: Ray refuses the address
+        ray.shutdown()
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no answer"
+        hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token here too"
+                if isinstance(err, ConnectionError) else "")
+        raise cfg.ConfigError(
+            f"--address {address}: cannot join the Ray cluster ({reason}{hint})") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds when nothing listens at a ``HOST:PORT`` address: ``ray.init`` would
+    retry for minutes."""
+    if address == "auto" or "://" in address:
+        return  # Ray resolves these itself ("ray://HOST:PORT" is Ray Client)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise cfg.ConfigError(f"--address {address}: expected HOST:PORT (the head node's GCS "
+                              "port, 6379 by default), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise cfg.ConfigError(f"--address {address}: no Ray cluster answers there "
+                              f"({err.strerror or err})") from None
+
+
+def local_resources() -> dict[str, float]:
+    """What the private local cluster gets: every CPU and every visible GPU of this host."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_fits(cpus: float, gpus: float, have: dict[str, float]) -> None:
+    """Fail when a trial asks for more than ``have`` holds: Tune would wait forever."""
+    for flag, asked, name in (("--cpus-per-trial", cpus, "CPU"),
+                              ("--gpus-per-trial", gpus, "GPU")):
+        if asked > have.get(name, 0):
+            raise cfg.ConfigError(f"{flag} {asked:g}: this host has {have.get(name, 0):g} "
+                                  f"{name}s for Ray")
+
+
+def default_gpus(config: cfg.StudyConfig) -> float:
+    """One GPU per trial when the cluster has GPUs and the config may use them."""
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    return 1.0 if has_gpus and config.device != "cpu" else 0.0
