@@ -237,34 +237,52 @@ def layer_groups(model: nn.Module) -> dict[str, str]:
     """Map every ``Linear``/``Conv2d`` qualified name to its group, in module order.
 
     The group is the layer's top-level child of ``model``: ``conv1``, ``layer1``, ``layer2``,
-    ``layer3``, ``fc`` for the CIFAR and torchvision ResNets. A top-level ``nn.Sequential``
-    with more than ``MAX_SEQUENTIAL_GROUPS`` (4) children (``features`` of MobileNet, VGG,
-    EfficientNet) would be one group for most of the network, so its children holding
-    compressible layers are split by order into at most 4 near-equal chunks, named by the
-    child-index range they span: ``features[0:5]``, ``features[5:10]``, ... When ``model``
-    itself is such a Sequential the groups are named ``[0:3]``, ``[3:6]``, ...
+    ``layer3``, ``fc`` for the CIFAR and torchvision ResNets, whatever their depth. Where one
+    ``nn.Sequential`` holds more than half of the model's layers (the trunk: ``features`` of
+    MobileNet, VGG, EfficientNet; ``trunk_output`` of RegNet; ``encoder.layers`` of ViT,
+    found by descending into the child that holds more than half), it would be one group for
+    most of the network, so its children holding layers are the groups instead: each its own
+    when there are at most ``MAX_SEQUENTIAL_GROUPS`` (4) of them (``trunk_output.block1``),
+    else by order in 4 near-equal chunks named by the child-index range they span:
+    ``features[0:5]``, ``features[5:10]``, ... When ``model`` itself is the trunk the groups
+    are named ``[0:3]``, ``[3:6]``, ... (or by child name).
 
     The result is deterministic: it depends only on the module structure.
     """
-    children = dict(model.named_children())
-    long_sequentials: dict[str, dict[str, str]] = {}
-    if isinstance(model, nn.Sequential) and len(model) > MAX_SEQUENTIAL_GROUPS:
-        root = _sequential_groups("", model)
-    else:
-        root = {}
-        for child_name, child in children.items():
-            if isinstance(child, nn.Sequential) and len(child) > MAX_SEQUENTIAL_GROUPS:
-                long_sequentials[child_name] = _sequential_groups(child_name, child)
-
-    groups: dict[str, str] = {}
-    for qualified, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
-        parts = qualified.split(".")
-        if root:
-            groups[qualified] = root[parts[0]]
-        elif parts[0] in long_sequentials and len(parts) > 1:
-            groups[qualified] = long_sequentials[parts[0]][parts[1]]
+    names = [q for q, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    prefix, trunk = _trunk(model, names)
+    chunks: dict[str, str] = {}
+    if trunk is not None:
+        if len(trunk) > MAX_SEQUENTIAL_GROUPS:
+            chunks = _sequential_groups(prefix, trunk)
         else:
-            groups[qualified] = parts[0]
+            chunks = {name: f"{prefix}.{name}" if prefix else name
+                      for name, _ in trunk.named_children()}
+    groups: dict[str, str] = {}
+    for qualified in names:
+        inside = prefix == "" or qualified.startswith(prefix + ".")
+        if trunk is not None and inside and qualified != prefix:
+            groups[qualified] = chunks[qualified.removeprefix(prefix + ".").split(".")[0]
+                                       if prefix else qualified.split(".")[0]]
+        else:
+            groups[qualified] = qualified.split(".")[0]
     return groups
+
+
+def _trunk(model: nn.Module, names: list[str]) -> tuple[str, nn.Sequential | None]:
+    """The ``nn.Sequential`` (and its qualified name) holding more than half of the layers
+    ``names``, reached through modules that each hold more than half; ``("", None)`` when
+    no Sequential does (a ResNet's stages each hold less)."""
+    def held(prefix: str) -> int:
+        return sum(1 for n in names if not prefix or n.startswith(prefix + "."))
+
+    prefix, module = "", model
+    while not (isinstance(module, nn.Sequential) and len(module) > 1):
+        for name, child in module.named_children():
+            qualified = f"{prefix}.{name}" if prefix else name
+            if 2 * held(qualified) > len(names):
+                prefix, module = qualified, child
+                break
+        else:
+            return "", None
+    return prefix, module

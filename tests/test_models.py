@@ -144,6 +144,23 @@ def test_layer_groups_torchvision() -> None:
     assert mobilenet == layer_groups(create("mobilenet_v2"))
 
 
+@pytest.mark.parametrize("name, expected", [
+    # Deep CIFAR ResNets: a stage of 9 or 18 blocks is one group still.
+    ("resnet56", ["conv1", "layer1", "layer2", "layer3", "fc"]),
+    ("resnet110", ["conv1", "layer1", "layer2", "layer3", "fc"]),
+    ("resnet50", ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]),
+    # A trunk of four stages: each stage its own group.
+    ("regnet_x_400mf", ["stem", "trunk_output.block1", "trunk_output.block2",
+                        "trunk_output.block3", "trunk_output.block4", "fc"]),
+    # The trunk found inside a module: ViT's encoder.layers.
+    ("vit_b_16", ["conv_proj", "encoder.layers[0:3]", "encoder.layers[3:6]",
+                  "encoder.layers[6:9]", "encoder.layers[9:12]", "heads"]),
+])
+def test_layer_groups_are_stages(name: str, expected: list[str]) -> None:
+    groups = layer_groups(create(name, num_classes=10))
+    assert list(dict.fromkeys(groups.values())) == expected
+
+
 def test_layer_groups_long_sequential_root() -> None:
     convs = [nn.Conv2d(1, 1, 1) for _ in range(6)]
     model = nn.Sequential(*convs, nn.Flatten(), nn.Linear(4, 2))
