@@ -283,8 +283,8 @@ def prune_to_flops(
             channels apart).
     """
     importance = _importance(method)
-    if not reduction > 1:
-        raise ValueError(f"reduction must be greater than 1, got {reduction}")
+    if not 1 < reduction < math.inf:
+        raise ValueError(f"reduction must be greater than 1 and finite, got {reduction}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     ignored = _ignored_names(model, ignored_layers or ())
@@ -382,6 +382,8 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
     # Diverged, a metric with no finite value, or no channel could be removed.
     except (Diverged, MetricFailed, RuntimeError) as err:
         status = f"failed: {err}"
+    except Exception as err:  # torch-pruning cannot prune every architecture: the study goes on
+        status = f"failed: {type(err).__name__} while pruning with torch-pruning: {err}"
     metrics.update(method=method, target=target, epochs=epochs, status=status,
                    train_time_s=train_seconds, wall_time_s=time.perf_counter() - start)
     if "flops" in metrics:

@@ -57,7 +57,8 @@ def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        # The random input must not move the caller's random stream.
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
             model(example_input(model, input_shape, 1))
         return int(counter.get_total_flops())
     finally:

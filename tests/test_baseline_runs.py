@@ -44,24 +44,31 @@ def test_baselines_get_the_longest_trial_budget_the_space_allows(tiny_space, tmp
             trial.params["svd_epochs"] + trial.params["finetune_epochs"])
 
 
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError("cannot reduce FLOPs 2x with slimming: no channel could be removed"),
+     "cannot reduce FLOPs 2x with slimming"),
+    # What torch-pruning raises on a graph it cannot handle (ShuffleNet): the study goes on.
+    (ZeroDivisionError("division by zero"),
+     "ZeroDivisionError while pruning with torch-pruning: division by zero"),
+])
 def test_a_failed_baseline_is_reported_as_failed_with_its_reason(tiny_space, tmp_path,
-                                                                  monkeypatch, capsys):
+                                                                  monkeypatch, capsys, error,
+                                                                  reason):
     def cannot_prune(*args, **kwargs):
-        raise RuntimeError("cannot reduce FLOPs 2x with slimming: no channel could be removed")
+        raise error
 
     monkeypatch.setattr(baselines, "pruned_reference", cannot_prune)
     space = tiny_space(trials=1, baselines={"methods": ["slimming"], "targets": [2]})
     run = tmp_path / "run"
     cli.main(["search", str(space), "--run-dir", str(run)])
-    assert "baseline slimming 2x: failed: cannot reduce" in capsys.readouterr().err
-    assert ("  failed baseline slimming 2x: cannot reduce FLOPs 2x with slimming"
-            in app.status_text(run))
+    assert f"baseline slimming 2x: failed: {reason}" in capsys.readouterr().err
+    assert f"  failed baseline slimming 2x: {reason}" in app.status_text(run)
     _, _, study = open_run_study(run)
     row = trials_frame(study, run).query("kind == 'baseline:slimming'").iloc[0]
-    assert row["state"] == "FAIL" and row["fail_reason"].startswith("cannot reduce")
+    assert row["state"] == "FAIL" and row["fail_reason"].startswith(reason)
     cli.main(["report", str(run), "--out", str(tmp_path / "report")])
     summary = (tmp_path / "report" / "summary.md").read_text()
-    assert "- Failed baseline run, never drawn: slimming 2x: cannot reduce" in summary
+    assert f"- Failed baseline run, never drawn: slimming 2x: {reason}" in summary
     page = (tmp_path / "report" / "index.html").read_text()
     assert "0 trials and 1 failed baseline run." in page and "slimming 2x (baseline)" in page
 

@@ -142,12 +142,21 @@ def test_random_method_is_reproducible(resnet20: nn.Module):
         ("taylor", 2.0, "unknown pruning method 'taylor'"),
         ("l1", 1.0, "reduction must be greater than 1"),
         ("l1", 0.5, "reduction must be greater than 1"),
+        ("l1", float("inf"), "reduction must be greater than 1 and finite"),
     ],
 )
 def test_bad_arguments(resnet20: nn.Module, method: str, reduction: float, message: str):
     with pytest.raises(ValueError, match=message) as error:
         prune_to_flops(resnet20, CIFAR_SHAPE, method, reduction)
     assert "\n" not in str(error.value)
+
+
+def test_pruning_leaves_the_callers_random_stream_alone(resnet20: nn.Module):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    prune_to_flops(resnet20, CIFAR_SHAPE, "l1", 2.0)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_unknown_ignored_layer(resnet20: nn.Module):
