@@ -84,7 +84,8 @@ def _roots(data_dir: str | Path | None) -> list[Path]:
 
 def _load_fashion_mnist(data_dir: str | Path | None, **kwargs: Any) -> Dataset:
     candidates = [d for root in _roots(data_dir) for d in (root, root / "FashionMNIST" / "raw")]
-    candidates.append(FASHION_MNIST_SYSTEM_DIR)
+    if data_dir is None:  # a folder the user named holds the data, or it is an error
+        candidates.append(FASHION_MNIST_SYSTEM_DIR)
     for directory in candidates:
         files = {key: idx_file(directory, stem) for key, stem in _FASHION_FILES.items()}
         if all(files.values()):

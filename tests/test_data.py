@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -242,8 +243,9 @@ def test_fashion_corrupt_file(tmp_path) -> None:
     not (data.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
-def test_fashion_real(tmp_path) -> None:
-    ds = load("fashion-mnist", data_dir=tmp_path)
+def test_fashion_real(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./data: Debian's copy
+    ds = load("fashion-mnist")
     assert ds.len_split("train") + ds.len_split("val") == 60_000
     assert ds.len_split("val") == 6_000 and ds.len_split("test") == 10_000
     x, y = next(ds.batches("test", 10_000, train=False))
@@ -344,13 +346,13 @@ def test_imagenet_augmentation_independent_of_workers(fake_imagenet) -> None:
 def test_missing_fashion_names_every_place(tmp_path, monkeypatch) -> None:
     system = tmp_path / "system-fashion"
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
-    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as info:
-        load("fashion-mnist", data_dir=tmp_path / "mine")
+        load("fashion-mnist")
     message = str(info.value)
     assert "\n" not in message
-    for place in (tmp_path / "mine", tmp_path / "mine" / "FashionMNIST" / "raw", system):
-        assert str(place) in message
+    for place in (Path("data"), Path("data") / "FashionMNIST" / "raw", system):
+        assert str(place.absolute()) in message
     assert "apt-get install dataset-fashion-mnist" in message
     # The field users set; no command has a --data-dir option.
     assert "set data.dir in the YAML" in message and "--data-dir" not in message
@@ -360,6 +362,36 @@ def test_named_folder_must_exist(tmp_path) -> None:
     """No silent fallback to another copy (Debian's) when the named folder is wrong."""
     with pytest.raises(DataError, match=r"does not exist \(data.dir in the YAML"):
         load("fashion-mnist", data_dir=tmp_path / "typo")
+    _fake_fashion(tmp_path / "partial", gz=True)
+    (tmp_path / "partial" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="fashion-mnist not found") as info:
+        load("fashion-mnist", data_dir=tmp_path / "partial")
+    assert str(data.FASHION_MNIST_SYSTEM_DIR) not in str(info.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("header", "cut short inside its header"),
+    ("label", "the train split has label 10, outside 0 .. 9"),
+    ("size", "test images are (1, 32, 32), train images (1, 28, 28)"),
+])
+def test_damaged_fashion_files_are_one_line(tmp_path, damage, message) -> None:
+    arrays = _fake_fashion(tmp_path, gz=False)
+    if damage == "header":
+        (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    elif damage == "label":
+        labels = arrays["train-labels-idx1-ubyte"].copy()
+        labels[7] = 10
+        _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    else:
+        _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 32, 32), np.uint8))
+    with pytest.raises(DataError, match=re.escape(message)):
+        load("fashion-mnist", data_dir=tmp_path)
+
+
+def test_a_split_left_empty_is_refused() -> None:
+    with pytest.raises(DataError, match="val_fraction 0.0001 of 1438 training samples leaves "
+                                        "no validation sample"):
+        load("digits", val_fraction=0.0001)
 
 
 @pytest.mark.parametrize(

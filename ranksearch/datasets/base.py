@@ -68,6 +68,10 @@ def split_train(
     """
     order = stratified_order(labels, seed)
     n_val = round(val_fraction * len(labels))
+    if (val_fraction > 0 and n_val == 0) or n_val >= len(labels):
+        # An empty split would score every model 0 (or train none) without a word.
+        raise DataError(f"val_fraction {val_fraction} of {len(labels)} training samples "
+                        f"leaves {'no validation' if n_val == 0 else 'no training'} sample")
     stop = len(labels) if subset is None else n_val + subset
     return np.sort(order[n_val:stop]), np.sort(order[:n_val])
 

@@ -29,6 +29,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is cut short inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if data.size != math.prod(dims):
