@@ -168,7 +168,12 @@ def _from_factory(spec: str, num_classes: int, in_channels: int) -> nn.Module:
         factory = resolve(spec, "model factory")
     except ImportFailed as error:
         raise ModelError(str(error)) from None
-    model = factory(num_classes=num_classes, in_channels=in_channels)
+    try:
+        model = factory(num_classes=num_classes, in_channels=in_channels)
+    except Exception as error:  # the user's code: one line naming it, not a traceback
+        raise ModelError(f"model factory {spec!r} failed when called with num_classes="
+                         f"{num_classes}, in_channels={in_channels}: "
+                         f"{type(error).__name__}: {error}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
@@ -199,7 +204,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
         return CifarResNet(blocks, num_classes=num_classes, in_channels=in_channels)
     if key not in _torchvision_names():
         raise _unknown(name)
-    model = torchvision.models.get_model(key, weights=None, num_classes=num_classes)
+    # GoogLeNet and Inception v3 train with auxiliary heads by default and then return a
+    # tuple; the loss, the trial pipeline and the pruning baselines need the logits.
+    extra = {"aux_logits": False} if key in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(key, weights=None, num_classes=num_classes, **extra)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
     return model

@@ -89,6 +89,9 @@ def test_factory(tmp_path, monkeypatch) -> None:
 
             def not_a_model(num_classes, in_channels):
                 return 42
+
+            def old_signature(num_classes):
+                return nn.Linear(4, num_classes)
             """
         )
     )
@@ -99,9 +102,18 @@ def test_factory(tmp_path, monkeypatch) -> None:
         create("userfactory:not_a_model")
     with pytest.raises(ModelError, match="no function"):
         create("userfactory:missing")
+    with pytest.raises(ModelError, match=r"'userfactory:old_signature' failed when called with "
+                       r"num_classes=10, in_channels=3: TypeError: .*in_channels"):
+        create("userfactory:old_signature")
     with pytest.raises(ModelError, match="cannot import"):
         create("no_such_module_xyz:make")
     sys.modules.pop("userfactory", None)
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 64), ("inception_v3", 299)])
+def test_models_with_auxiliary_heads_train_on_their_logits(name: str, size: int) -> None:
+    model = create(name, num_classes=7).train()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
 def test_unknown_name() -> None:
