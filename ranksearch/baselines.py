@@ -370,7 +370,13 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
     train_seconds = 0.0
     metrics: dict[str, Any] = {}
     try:
-        pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
+        try:
+            pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
+        except RuntimeError:
+            raise
+        except Exception as err:  # torch-pruning cannot prune every architecture
+            raise RuntimeError(f"{type(err).__name__} while pruning with torch-pruning: "
+                               f"{err}") from err
         for budget, schedule in pipeline.trial_budget(config).items():
             result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
                                     desc=f"{method} {target:g}x ({budget} budget)",
@@ -379,11 +385,10 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
             train_seconds += result.seconds
         metrics = pipeline.measured(pruned, data, config)
         status = "complete"
-    # Diverged, a metric with no finite value, or no channel could be removed.
+    # Diverged, a metric with no finite value, no channel could be removed, or a graph
+    # torch-pruning cannot handle: that baseline failed, the study goes on.
     except (Diverged, MetricFailed, RuntimeError) as err:
         status = f"failed: {err}"
-    except Exception as err:  # torch-pruning cannot prune every architecture: the study goes on
-        status = f"failed: {type(err).__name__} while pruning with torch-pruning: {err}"
     metrics.update(method=method, target=target, epochs=epochs, status=status,
                    train_time_s=train_seconds, wall_time_s=time.perf_counter() - start)
     if "flops" in metrics:

@@ -345,14 +345,17 @@ def svd_trained(
 
 def trial_budget(config: cfg.StudyConfig) -> dict[str, cfg.Schedule]:
     """The SVD-training and fine-tuning schedules of the longest trial the study may run:
-    the schedule's, with the most epochs the space may choose where it searches them, so
-    that no baseline trains for less than an SVD trial."""
-    space = config.space
-    svd_epochs = max(space.svd_epochs) if space.svd_epochs else config.schedule.svd.epochs
-    finetune_epochs = (max(space.finetune_epochs) if space.finetune_epochs
-                       else config.schedule.finetune.epochs)
-    return {"svd": config.schedule.svd.model_copy(update={"epochs": svd_epochs}),
-            "finetune": config.schedule.finetune.model_copy(update={"epochs": finetune_epochs})}
+    the schedule's, with the most epochs the space may choose where it searches them (or
+    those a one-trial config's ``params`` fix), so that no baseline trains for less than an
+    SVD trial."""
+    def most(field: str, schedule: cfg.Schedule) -> cfg.Schedule:
+        choices = getattr(config.space, field, None)
+        fixed = getattr(config.params, field, None)
+        epochs = max(choices) if choices else fixed if fixed is not None else schedule.epochs
+        return schedule.model_copy(update={"epochs": epochs})
+
+    return {"svd": most("svd_epochs", config.schedule.svd),
+            "finetune": most("finetune_epochs", config.schedule.finetune)}
 
 
 def finetune_lr(config: cfg.StudyConfig, params: cfg.TrialParams) -> float:
