@@ -107,6 +107,17 @@ def test_imagefolder_batches_and_stats_independent_of_workers(tmp_path) -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_damaged_image_is_named_in_one_line(tmp_path, workers) -> None:
+    root = _image_folder(tmp_path / "images", {"train": 4, "test": 2})
+    damaged = root / "test" / CLASSES[0] / "0.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])  # cut short
+    ds = load("imagefolder", data_dir=root, image_size=12, num_workers=workers)
+    with pytest.raises(DataError) as info:
+        list(ds.batches("test", 4, train=False))
+    assert str(damaged) in _one_line(info)
+
+
 def test_imagefolder_errors(tmp_path) -> None:
     root = _image_folder(tmp_path / "a", {"train": 2, "test": 1})
     (root / "train" / "empty").mkdir()

@@ -33,7 +33,11 @@ class _ImageReader:
         from torchvision.datasets.folder import default_loader
 
         path, target = self.samples[index]
-        return self.transform(default_loader(path)), target
+        try:
+            image = default_loader(path)
+        except (OSError, ValueError) as err:  # truncated, not an image (PIL's errors)
+            raise DataError(f"{path}: {err}") from None
+        return self.transform(image), target
 
 
 class ImageFolderDataset(StreamedDataset):
