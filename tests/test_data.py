@@ -276,6 +276,13 @@ def test_cifar10_fake(tmp_path) -> None:
     assert load("cifar10", data_dir=folder).len_split("test") == 10
 
 
+def test_a_partial_cifar_folder_is_named_with_what_it_lacks(tmp_path) -> None:
+    folder = _fake_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=re.escape(f"{folder.absolute()} lacks data_batch_3;")):
+        load("cifar10", data_dir=tmp_path)
+
+
 def test_cifar100_fake(tmp_path) -> None:
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
