@@ -21,7 +21,7 @@ Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 # Channel statistics of the built-in datasets' training images.
 # Fashion-MNIST: computed over its training images; digits: over all 1,797 images (the
-# training split alone gives 0.3049 / 0.3760, no matter); CIFAR: the usual values
+# training split alone gives 0.3049 / 0.3760, a negligible difference); CIFAR: the usual values
 # (per-pixel standard deviations, not the often-quoted 0.2023/0.1994/0.2010); ImageNet:
 # torchvision's.
 STATS: dict[str, Stats] = {
