@@ -38,11 +38,16 @@ def _module_from_file(path: Path) -> Any:
         raise ImportError(f"{path} is not a Python file")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module
+    # As when the file runs as a script: its folder comes first on the path while its top
+    # level imports, so that `import helpers` finds the helpers.py beside it.
+    sys.path.insert(0, str(path.parent))
     try:
         loader_spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -341,6 +341,25 @@ def test_factory_that_fails_to_import(tmp_path) -> None:
         load("no_such_package_xyz.data:make")
 
 
+def test_a_factory_file_imports_the_modules_beside_it(tmp_path) -> None:
+    """As a script would: `import sizes` finds the sizes.py in the factory's folder."""
+    import sys
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sizes_beside_the_factory.py").write_text("N = 6\n")
+    (project / "my_data.py").write_text(
+        "import torch\nimport sizes_beside_the_factory as sizes\n"
+        "from torch.utils.data import TensorDataset\n\n"
+        "def make():\n"
+        "    x, y = torch.zeros(sizes.N, 1, 4, 4), torch.arange(sizes.N) % 2\n"
+        "    return {'train': TensorDataset(x, y), 'test': TensorDataset(x, y)}\n")
+    before = list(sys.path)
+    ds = load(f"{project / 'my_data.py'}:make", val_fraction=0.5, num_workers=0)
+    assert ds.len_split("train") + ds.len_split("val") == 6
+    assert sys.path == before
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_mismatched_shape_at_batching_time_names_the_split(factories, workers) -> None:
     """With ``targets``, loading reads one sample per split: a later bad one is caught when
