@@ -256,7 +256,7 @@ def load(
             found in Debian's ``/usr/share/datasets/fashion-mnist``; digits needs nothing.
             For ``imagefolder``: the folder holding ``train/``, ``test/`` and maybe ``val/``.
         val_fraction: share of the training split held out as ``val`` (stratified), in
-            ``[0, 1)``; unused when the data has a ``val`` split of its own (an image folder's
+            ``(0, 1)``; unused when the data has a ``val`` split of its own (an image folder's
             ``val/``, a factory's ``"val"``).
         seed: chooses the ``val`` split and the ``subset`` (the digits test split is fixed),
             and the images that estimate an image folder's statistics.
@@ -273,7 +273,7 @@ def load(
     Raises:
         DataError: unknown name, the files are missing or malformed, a factory fails or
             returns something else than ``train``/``test`` datasets of (tensor, int) samples,
-            or an argument that the dataset does not take.
+            an argument that the dataset does not take, or a ``std`` that is not positive.
         ImportFailed: a factory that cannot be imported.
         ValueError: ``val_fraction`` or ``subset`` out of range.
     """
@@ -282,8 +282,10 @@ def load(
     if not factory and key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or a "
                         "data factory 'package.module:function' or 'path/to/file.py:function'")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 < val_fraction < 1:  # as the YAML schema: an empty val would score every model 0
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if std is not None and not all(v > 0 for v in std):
+        raise DataError(f"data.std: every value must be positive, got {std}")
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of samples, got {subset}")
     if args and not factory:

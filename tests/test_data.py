@@ -424,6 +424,8 @@ def test_unknown_dataset_and_bad_arguments() -> None:
     assert all(name in str(info.value) for name in data.DATASETS)
     with pytest.raises(ValueError, match="val_fraction"):
         load("digits", val_fraction=1.0)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got 0"):
+        load("digits", val_fraction=0)
     with pytest.raises(ValueError, match="subset"):
         load("digits", subset=0)
 

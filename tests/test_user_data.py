@@ -147,6 +147,8 @@ def test_imagefolder_errors(tmp_path) -> None:
     for mean, std in (([0.5], [0.5]), ([0.5] * 3, None)):
         with pytest.raises(DataError, match="data.mean and data.std take 3 values each"):
             load("imagefolder", data_dir=root, mean=mean, std=std, num_workers=0)
+    with pytest.raises(DataError, match="data.std: every value must be positive"):
+        load("imagefolder", data_dir=root, mean=[0.5] * 3, std=[0.2, 0.0, 0.2], num_workers=0)
 
 
 def test_arguments_for_another_kind_of_data_are_refused() -> None:
