@@ -167,9 +167,11 @@ def measure_run(
     except DamagedFile as err:  # timings can always be taken again
         warnings.warn(f"{err}; timing every model again", stacklevel=2)
         previous = {}
-    result: dict[str, Any] = {**settings, "host": platform.node(), "cpu": _cpu_name(),
-                              "torch": torch.__version__, "models": {}}
-    if all(previous.get(k) == v for k, v in settings.items()):
+    # Timings resume only on the same machine and PyTorch: a run directory copied to the
+    # deployment host is timed there anew, not labelled with the search host's figures.
+    machine = {"host": platform.node(), "cpu": _cpu_name(), "torch": torch.__version__}
+    result: dict[str, Any] = {**settings, **machine, "models": {}}
+    if all(previous.get(k) == v for k, v in {**settings, **machine}.items()):
         result["models"] = previous.get("models", {})
     found, input_shape = _models(run, config, study)
     reference = found["reference"][0]() if "reference" in found else None

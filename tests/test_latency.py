@@ -93,6 +93,21 @@ def test_a_file_timed_the_earlier_way_is_timed_again(run_with_baselines, monkeyp
     assert {m["latency_ms"] for m in again.values()} == {1.0}
 
 
+@pytest.mark.parametrize("field", ["host", "cpu", "torch"])
+def test_timings_from_another_machine_are_timed_again(run_with_baselines, monkeypatch,
+                                                      field) -> None:
+    """A run directory copied to the deployment host: its latency.json came from the
+    search host, whose figures must not pass for this one's."""
+    monkeypatch.setattr(measure, "fastest_passes", lambda models, *a, **k: [1e-3] * len(models))
+    first = latency.measure_run(run_with_baselines, threads=1, repeats=2)
+    elsewhere = {**first, field: "another", "models": {
+        key: {**value, "latency_ms": 99.0} for key, value in first["models"].items()}}
+    write_json(run_with_baselines / "latency.json", elsewhere)
+    again = latency.measure_run(run_with_baselines, threads=1, repeats=2)
+    assert {m["latency_ms"] for m in again["models"].values()} == {1.0}
+    assert again[field] != "another"
+
+
 
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"batch_size": 0}, {"threads": -1}])
 def test_a_setting_below_one_keeps_the_timings_on_disk(run_with_baselines, monkeypatch,
