@@ -318,7 +318,7 @@ class MetricSpec(_Strict):
     evaluate: str | None = None
     """``"module:function"`` / ``"file.py:function"`` called as ``evaluate(model, batches)``
     (eval mode, no grad) with an iterable of one split's ``(x, y)`` batches in a fixed order,
-    returning a finite float, else the trial fails; default: top-1 accuracy."""
+    returning a float in [0, 1], else the trial fails; default: top-1 accuracy."""
 
 
 class StudyConfig(_Strict):

@@ -296,7 +296,7 @@ def evaluate(
 
     Raises:
         MetricFailed: the metric, called ``name`` in the message, returned anything but a
-            finite number.
+            number in [0, 1].
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -313,4 +313,8 @@ def evaluate(
             or not math.isfinite(value)):
         raise MetricFailed(f"metric {name} returned {value!r:.40} on the {split} split; "
                            "it must return a finite number")
+    if not 0 <= value <= 1:  # the report reads it as a fraction, 0 the worst
+        raise MetricFailed(f"metric {name} returned {value:.6g} on the {split} split; it must "
+                           "return a number in [0, 1], higher is better (map a percentage or "
+                           "a loss into it)")
     return float(value)

@@ -206,9 +206,11 @@ def test_evaluate_rejects_what_is_not_a_finite_number() -> None:
     data = load("digits", val_fraction=0.2, seed=0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     assert evaluate(model, data, "val", metric=lambda m, b: torch.tensor(0.5)) == 0.5
-    for bad in ("0.5", None, math.inf, True):
+    for bad in ("0.5", None, math.inf, True, 87.5, -0.2):
         with pytest.raises(MetricFailed, match="^metric F1 returned .* on the test split"):
             evaluate(model, data, "test", metric=lambda m, b, bad=bad: bad, name="F1")
+    with pytest.raises(MetricFailed, match=r"returned 87\.5 .*must return a number in \[0, 1\]"):
+        evaluate(model, data, "test", metric=lambda m, b: 87.5, name="F1")
 
 
 def test_report_names_the_metric(synthetic_study, tmp_path) -> None:
