@@ -40,6 +40,7 @@ from .train import (
     resolve_device,
     run_phase,
 )
+from .user_code import user_code_errors, user_weights
 
 __all__ = [
     "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
@@ -228,17 +229,6 @@ def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
     return svd.compact(model, plan), plan
 
 
-def _user_weights(path: str, device: torch.device) -> dict[str, torch.Tensor]:
-    """A user's trained dense weights, read without unpickling arbitrary objects."""
-    file = Path(path)
-    if not file.is_file():
-        raise cfg.ConfigError(f"model.weights: no such file {path}")
-    if file.suffix == ".safetensors":
-        return load_state(file, device)
-    state = torch.load(file, map_location=device, weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def reference(
     config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -254,18 +244,20 @@ def reference(
             return model, read_json(entry.file("metrics.json"))
         entry.prepare()
         if config.model.weights:
-            model.load_state_dict(_user_weights(config.model.weights, device))
+            model.load_state_dict(user_weights(config.model.weights, device))
             train_seconds, epochs = 0.0, 0
         else:
             try:
-                result = train(config, model, "reference", config.schedule.reference,
-                               seed=config.seed, desc="reference", progress=progress)
+                with user_code_errors(config, "training"):
+                    result = train(config, model, "reference", config.schedule.reference,
+                                   seed=config.seed, desc="reference", progress=progress)
             except Diverged as err:
                 raise ReferenceFailed(
                     f"reference {err}; lower schedule.reference.lr or check the training loop"
                 ) from None
             train_seconds, epochs = result.seconds, result.epochs
-        metrics = measured(model, data, config)
+        with user_code_errors(config, "measuring"):
+            metrics = measured(model, data, config)
         metrics["train_time_s"] = train_seconds
         metrics["epochs"] = epochs
         save_state(entry.file("model.safetensors"), model.state_dict())

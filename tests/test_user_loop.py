@@ -297,3 +297,23 @@ def test_optimize_report_export_and_resume(tiny_space, tmp_path, monkeypatch) ->
     _, _, study = app.open_run_study(run)
     assert [t.state.name for t in study.get_trials()].count("COMPLETE") == 3
     assert "reference" not in phases and phases.count("svd") == 1
+
+
+@pytest.mark.parametrize("field, code, message", [
+    ("train_loop", "def loop(model, phase):\n    raise ValueError('boom in ' + phase.name)\n",
+     "reference: training with the training loop 'user.py:loop' failed: ValueError: boom in "
+     "reference"),
+    ("metric", "def metric(model, batches):\n    raise RuntimeError('metric boom')\n",
+     "reference: measuring with the metric 'user.py:metric' failed: RuntimeError: metric boom"),
+])
+def test_user_code_that_raises_on_the_reference_is_one_line(tiny_space, tmp_path, monkeypatch,
+                                                            capsys, field, code, message):
+    from tests.conftest import cli_error
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user.py").write_text(code)
+    override = ({"train_loop": "user.py:loop"} if field == "train_loop"
+                else {"metric": {"name": "mine", "evaluate": "user.py:metric"}})
+    err = cli_error(["search", str(tiny_space(**override)), "--run-dir", "run", "--quiet"],
+                    capsys)
+    assert err.splitlines()[-1] == f"ranksearch: error: {message}"
