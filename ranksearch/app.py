@@ -138,6 +138,14 @@ def run_search(
     if config.storage:
         write_storage_note(run, url)
     study = create_study(config, open_storage(url))
+    # The same settings may name other inputs: new weights, edited training loop or metric.
+    key = pipeline.reference_key(config)
+    if study.user_attrs.get("reference_key", key) != key:
+        raise cfg.ConfigError(
+            f"{run.path}: the study started from other inputs (the file of model.weights, or "
+            "the code of the training loop or metric, changed since); its trials would mix "
+            "with new ones: restore them, or start another run directory")
+    study.set_user_attr("reference_key", key)
     # Written only now: the commands that read the run (worker, baselines, latency, report)
     # must never see settings its study refused.
     atomic_write_text(run.config_path, cfg.dump(config))

@@ -11,7 +11,6 @@ on an entry, so each is computed once.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ from .train import (
     resolve_device,
     run_phase,
 )
-from .user_code import user_code_errors, user_weights
+from .user_code import file_digest, source_file, user_code_errors, user_weights
 
 __all__ = [
     "TrialFailed", "ReferenceFailed", "run_trial", "reference", "dataset", "build_model",
@@ -94,8 +93,15 @@ def dataset(config: cfg.StudyConfig) -> Dataset:
     return _cached_dataset(config.data.model_dump_json(), config.seed, device)
 
 
-@functools.cache
 def _user_code(spec: str, what: str) -> Callable[..., Any]:
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):  # a relative path names another file from another folder
+        spec = f"{Path(target).resolve()}:{name}"
+    return _resolved(spec, what)
+
+
+@functools.cache
+def _resolved(spec: str, what: str) -> Callable[..., Any]:
     # Once per process: a file-named spec would otherwise be looked up on every phase.
     return resolve(spec, what)
 
@@ -148,25 +154,20 @@ def train(
     return run_phase(model, phase, training_loop(config))
 
 
-def _weights_digest(path: str | None) -> str | None:
-    """The content of user-given weights, so that new weights at the same path retrain."""
-    if not path or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def reference_key(config: cfg.StudyConfig) -> str:
     """What determines the dense reference (and, through it, every cache entry): model,
-    data, schedule, seed, and the user's training loop and metric when given."""
+    data, schedule, seed, the content of the user's weights, and the user's training loop
+    and metric when given (with the content of the files defining them)."""
     parts: list[Any] = [
         "reference", config.model.model_dump(exclude={"exclude"}), config.data.model_dump(),
-        _weights_digest(config.model.weights),
+        file_digest(config.model.weights),
         config.schedule.reference.key(), config.seed, config.precision,
     ]
     # Only when given: the caches of studies without them keep their keys (and resume).
     user = {"train_loop": config.train_loop, "metric": config.metric.evaluate}
     if any(user.values()):
-        parts.append(user)
+        parts.append({**user, "code": [file_digest(source_file(spec))
+                                       for spec in user.values()]})
     return cfg.settings_key(*parts)
 
 

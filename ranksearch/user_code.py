@@ -1,9 +1,12 @@
-"""The user's own inputs to the reference: trained weights from a file, and errors raised by
-their training loop or metric, each one line."""
+"""The user's own inputs to the reference: trained weights from a file, the files of their
+training loop and metric (whose content keys the caches), and errors raised by that code,
+each one line."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from .errors import UserError
 from .runs import load_state
 from .train import Diverged
 
-__all__ = ["UserCodeFailed", "user_weights", "user_code_errors"]
+__all__ = ["UserCodeFailed", "user_weights", "user_code_errors", "file_digest", "source_file"]
 
 
 class UserCodeFailed(UserError):
@@ -48,3 +51,26 @@ def user_code_errors(config: cfg.StudyConfig, doing: str) -> Iterator[None]:
             raise  # ranksearch's own code: the traceback is the report
         raise UserCodeFailed(f"reference: {doing} with the {' and the '.join(user)} failed: "
                              f"{type(err).__name__}: {err}") from None
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """The content of a user's file (weights, code), so that a new one at the same path
+    does not pass for the old."""
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def source_file(spec: str | None) -> Path | None:
+    """The file a ``module:function`` or ``file.py:function`` is defined in (its content
+    keys the caches; modules it imports in turn are not followed)."""
+    if not spec:
+        return None
+    target = spec.rpartition(":")[0]
+    if target.endswith(".py"):
+        return Path(target)
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):  # reported when the code is resolved
+        return None
+    return Path(found.origin) if found is not None and found.origin else None

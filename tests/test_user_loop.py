@@ -317,3 +317,23 @@ def test_user_code_that_raises_on_the_reference_is_one_line(tiny_space, tmp_path
     err = cli_error(["search", str(tiny_space(**override)), "--run-dir", "run", "--quiet"],
                     capsys)
     assert err.splitlines()[-1] == f"ranksearch: error: {message}"
+
+
+def test_a_study_refuses_to_resume_once_the_users_code_changed(tiny_space, tmp_path,
+                                                               monkeypatch, capsys):
+    """The same settings, another metric: its trials would mix with the earlier ones."""
+    from ranksearch import cli
+    from tests.conftest import cli_error
+
+    monkeypatch.chdir(tmp_path)
+    metric = tmp_path / "user.py"
+    metric.write_text("from ranksearch.train import top1_accuracy as metric\n")
+    space = tiny_space(trials=1, metric={"name": "mine", "evaluate": "user.py:metric"})
+    cli.main(["search", str(space), "--run-dir", "run", "--quiet"])
+    cli.main(["search", str(space), "--run-dir", "run", "--quiet", "--trials", "2"])  # same code
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    metric.write_text("def metric(model, batches):\n    return 0.5\n")
+    err = cli_error(["search", str(space), "--run-dir", "run", "--quiet", "--trials", "3"],
+                    capsys)
+    assert "the code of the training loop or metric, changed since" in err.splitlines()[-1]
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
