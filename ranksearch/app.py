@@ -226,16 +226,15 @@ def status_text(run_dir: str | Path) -> str:
     ref = study.user_attrs.get("reference")
     if ref:
         lines.append(f"reference: {metric} {ref['accuracy']:.4f}, FLOPs {ref['flops']:,}")
-    baselines = run.baseline_results()
+    frame = trials_frame(study, run.path)
     if config.baselines is not None:
         wanted = len(config.baselines.methods) * len(config.baselines.targets)
-        failed = [b for b in baselines if b.get("status", "complete") != "complete"]
-        lines.append(f"baselines: {len(baselines)} of {wanted} done"
-                     + (f", {len(failed)} of them failed" if failed else ""))
-        for b in failed:
-            lines.append(f"  failed baseline {b.get('method')} {b.get('target', 0):g}x: "
-                         f"{b['status'].removeprefix('failed: ')}")
-    frame = trials_frame(study, run.path)
+        runs = frame[frame["kind"].str.startswith("baseline:")]
+        failed = runs[runs["state"] == "FAIL"]
+        lines.append(f"baselines: {len(runs)} of {wanted} done"
+                     + (f", {len(failed)} of them failed" if len(failed) else ""))
+        for b in failed.itertuples():
+            lines.append(f"  failed baseline {b.method} {b.target:g}x: {b.fail_reason}")
     front = pareto_front(frame)
     if not len(front) and c["COMPLETE"]:
         complete = frame[(frame["kind"] == "svd") & (frame["state"] == "COMPLETE")]

@@ -140,17 +140,17 @@ def _load_cifar(name: str, data_dir: str | Path | None, **kwargs: Any) -> Datase
         )
         num_classes, getter = 100, "CIFAR100"
     candidates = [d for root in _roots(data_dir) for d in (root / folder, root)]
+    wanted = [*train_files, test_file]
+    missing = {d: [f for f in wanted if not (d / f).is_file()] for d in candidates}
     for directory in candidates:
-        if all((directory / f).is_file() for f in [*train_files, test_file]):
+        if not missing[directory]:
             break
     else:
         # A folder holding some of the files is named with what it lacks.
-        wanted = [*train_files, test_file]
-        missing = [(d, [f for f in wanted if not (d / f).is_file()]) for d in candidates]
         lacks = "".join(f"; {d.absolute()} lacks {', '.join(files)}"
-                        for d, files in missing if len(files) < len(wanted))
+                        for d, files in missing.items() if len(files) < len(wanted))
         raise DataError(
-            f"{name} not found: looked for {folder}/ ({', '.join([*train_files, test_file])}) "
+            f"{name} not found: looked for {folder}/ ({', '.join(wanted)}) "
             f"in {', '.join(str(d.absolute()) for d in candidates)}{lacks}; set {DIR_FIELD} "
             f"to the folder holding {folder}/, after downloading it "
             f"with torchvision.datasets.{getter}(root, download=True) on a machine with network"

@@ -268,12 +268,9 @@ def layer_groups(model: nn.Module) -> dict[str, str]:
                       for name, _ in trunk.named_children()}
     groups: dict[str, str] = {}
     for qualified in names:
-        inside = prefix == "" or qualified.startswith(prefix + ".")
-        if trunk is not None and inside and qualified != prefix:
-            groups[qualified] = chunks[qualified.removeprefix(prefix + ".").split(".")[0]
-                                       if prefix else qualified.split(".")[0]]
-        else:
-            groups[qualified] = qualified.split(".")[0]
+        in_trunk = trunk is not None and (not prefix or qualified.startswith(prefix + "."))
+        rest = qualified[len(prefix) + 1:] if prefix else qualified  # the name in the trunk
+        groups[qualified] = chunks[rest.split(".")[0]] if in_trunk else qualified.split(".")[0]
     return groups
 
 

@@ -11,8 +11,8 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["SPLITS", "STATS", "Stats", "DataError", "Dataset", "split_train", "stratified_order",
-           "check_split", "random_device"]
+__all__ = ["SPLITS", "STATS", "Stats", "DataError", "Dataset", "check_labels", "split_train",
+           "stratified_order", "check_split", "random_device"]
 
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +57,15 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
         ranks = rng.permutation(len(members))
         keys[members] = (ranks + rng.random(len(members))) / len(members)
     return np.argsort(keys, kind="stable")
+
+
+def check_labels(where: str, labels: np.ndarray, num_classes: int, note: str = "") -> None:
+    """A :class:`DataError` naming ``where`` when a label falls outside ``0 .. num_classes-1``
+    (``note`` is appended, e.g. where the number of classes came from)."""
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise DataError(f"{where} has label {int(bad[0])}, outside 0 .. {num_classes - 1}"
+                        + note)
 
 
 def split_train(

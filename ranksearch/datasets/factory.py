@@ -13,7 +13,7 @@ import torch.utils.data
 
 from ..errors import UserError
 from ..imports import resolve
-from .base import SPLITS, DataError, split_train
+from .base import SPLITS, DataError, check_labels, split_train
 from .stream import Reader, StreamedDataset, check_sample
 
 __all__ = ["FactoryDataset", "from_factory"]
@@ -104,11 +104,8 @@ class FactoryDataset(StreamedDataset):
         self.num_classes = (len(classes) if named
                             else max(int(found.max()) for found in labels.values()) + 1)
         for source, found in labels.items():
-            bad = found[(found < 0) | (found >= self.num_classes)]
-            if len(bad):
-                raise DataError(f"{self.what}: {source} has label {int(bad[0])}, outside 0 .. "
-                                f"{self.num_classes - 1}"
-                                + (f" (train.classes has {len(classes)})" if named else ""))
+            check_labels(f"{self.what}: {source}", found, self.num_classes,
+                         f" (train.classes has {len(classes)})" if named else "")
         if "val" in self._datasets:
             train_index = split_train(labels["train"], 0.0, seed, subset)[0]
             val_index = np.arange(len(labels["val"]))

@@ -8,7 +8,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import STATS, DataError, Dataset, check_split, random_device, split_train
+from .base import (
+    STATS,
+    DataError,
+    Dataset,
+    check_labels,
+    check_split,
+    random_device,
+    split_train,
+)
 
 __all__ = ["InMemoryDataset"]
 
@@ -46,10 +54,7 @@ class InMemoryDataset(Dataset):
     ) -> None:
         for split, images, labels in (("train", train_images, train_labels),
                                       ("test", test_images, test_labels)):
-            bad = labels[(labels < 0) | (labels >= num_classes)]
-            if len(bad):
-                raise DataError(f"{name}: the {split} split has label {int(bad[0])}, outside "
-                                f"0 .. {num_classes - 1}")
+            check_labels(f"{name}: the {split} split", labels, num_classes)
             if images.shape[1:] != train_images.shape[1:]:
                 raise DataError(f"{name}: test images are {tuple(images.shape[1:])}, train "
                                 f"images {tuple(train_images.shape[1:])}")

@@ -88,8 +88,8 @@ def summary(data: ReportData) -> str:
         f"- Baseline runs: {len(baselines)}"
         + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")
         + ".",
-        *(f"- Failed baseline run, never drawn: {row.label.removesuffix(' (baseline)')}: "
-          f"{row.reason}." for row in data.excluded.itertuples() if row.kind != "svd"),
+        *(f"- Failed baseline run, never drawn: {row.method} {row.target:g}x: {row.reason}."
+          for row in data.excluded.itertuples() if row.kind != "svd"),
         "",
         f"## Largest FLOPs reduction within a given drop of the reference {metric}",
         "",

@@ -43,7 +43,7 @@ from .. import objectives
 from ..runs import RunDir
 from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
 from .objective import Objective
-from .ray_cluster import check_fits, check_reachable, default_gpus, local_resources, ray_cluster
+from .ray_cluster import check_fits, check_reachable, default_gpus, ray_cluster
 from .space import suggest
 from .storage import absolute_url, heartbeat_folder, open_storage
 from .study import (
@@ -87,8 +87,7 @@ class RayBackend(Backend):
         if self.options["address"]:
             check_reachable(self.options["address"])
         else:
-            check_fits(self.options["cpus_per_trial"], self.options["gpus_per_trial"] or 0.0,
-                        local_resources())
+            check_fits(self.options["cpus_per_trial"], self.options["gpus_per_trial"] or 0.0)
 
     def run(self, config: cfg.StudyConfig, run: RunDir, storage_url: str, *,
             progress: bool = True) -> None:

@@ -67,8 +67,10 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def check_fits(cpus: float, gpus: float, have: dict[str, float]) -> None:
-    """Fail when a trial asks for more than ``have`` holds: Tune would wait forever."""
+def check_fits(cpus: float, gpus: float) -> None:
+    """Fail when a trial asks for more than the private local cluster has
+    (:func:`local_resources`): Tune would wait forever."""
+    have = local_resources()
     for flag, asked, name in (("--cpus-per-trial", cpus, "CPU"),
                               ("--gpus-per-trial", gpus, "GPU")):
         if asked > have.get(name, 0):

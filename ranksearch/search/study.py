@@ -28,9 +28,8 @@ from .storage import StorageError, open_storage, require_study, run_storage_url
 
 __all__ = [
     "create_study", "load_study", "study_config", "open_run_study", "make_sampler",
-    "sampler_seed", "counts", "Heartbeat", "stale_trials", "fail_stale_trials", "HEARTBEAT_S",
-    "GRACE_S",
-    "TARGET_ATTR",
+    "sampler_seed", "counts", "Heartbeat", "stale_trials", "fail_stale_trials", "requeue",
+    "HEARTBEAT_S", "GRACE_S", "TARGET_ATTR",
 ]
 
 GRACE_S = float(os.environ.get("RANKSEARCH_HEARTBEAT_GRACE", "60"))
