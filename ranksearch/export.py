@@ -22,6 +22,7 @@ from . import config as cfg
 from . import models, svd
 from .conventions import FLOPS_CONVENTION
 from .errors import UserError
+from .report.text import STATE_WORDS
 from .runs import atomic_write_text, load_state, read_json
 
 __all__ = ["ExportError", "select_trial", "export_run", "export_trial", "load"]
@@ -68,8 +69,7 @@ def select_trial(
         if rows.empty:
             raise ExportError(f"--trial {trial}: no such trial in the study")
         if rows.iloc[0]["state"] != "COMPLETE":
-            state = {"FAIL": "failed", "WAITING": "queued"}.get(rows.iloc[0]["state"],
-                                                                rows.iloc[0]["state"].lower())
+            state = STATE_WORDS.get(rows.iloc[0]["state"], rows.iloc[0]["state"].lower())
             raise ExportError(f"--trial {trial}: the trial is {state}, not complete")
         return trial
     if front.empty:

@@ -384,6 +384,19 @@ def test_write_report_writes_every_file(study: optuna.Study, run_dir: Path, tmp_
     assert "diverged: NaN loss at epoch 2" in excluded
 
 
+def test_queued_trials_are_named_but_not_counted_as_run(run_dir: Path, tmp_path: Path) -> None:
+    study = fixed_study()
+    study.enqueue_trial({"decay": "l1", "energy": 1e-3})
+    study.enqueue_trial({"decay": "hoyer", "energy": 1e-3})
+    out = tmp_path / "report"
+    write_report(study, run_dir, out, title="fixed study")
+    states = "10 complete, 1 failed, 1 pruned, 1 running; 2 more queued"
+    assert f"- SVD trials: {len(TRIALS)} ({states}); " in (out / "summary.md").read_text()
+    card = re.search(r'<div class="k">SVD trials</div><div class="v">(.*?)</div>'
+                     r'<div class="d">(.*?)</div>', (out / "index.html").read_text())
+    assert card.groups() == (str(len(TRIALS)), states)
+
+
 def test_quoted_literature_points_are_drawn(
     study: optuna.Study, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,7 +70,7 @@ def summary(data: ReportData) -> str:
         if len(reference)
         else "- Dense reference: not recorded in the study."
     )
-    counts = data.state_counts
+    trials_run, states = text.trial_counts(data.state_counts)
     baselines = df[df["kind"].str.startswith("baseline:")]
     methods = sorted(baselines["method"].value_counts().items())
     reduction = data.reduction
@@ -80,9 +80,8 @@ def summary(data: ReportData) -> str:
         data.subtitle,
         "",
         ref_line,
-        f"- SVD trials: {sum(counts.values())} ("
-        + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
-        + f"); {int((data.excluded['kind'] == 'svd').sum())} failed, pruned, truncated, "
+        f"- SVD trials: {trials_run:,} ({states}); "
+        f"{int((data.excluded['kind'] == 'svd').sum())} failed, pruned, truncated, "
         "diverged or outside the constraints, never on the front.",
         f"- Pareto front: {len(data.front)} points (pareto.csv).",
         f"- Baseline runs: {len(baselines)}"

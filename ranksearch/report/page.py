@@ -33,6 +33,7 @@ from ranksearch.report.text import (
     reduction_header,
     reduction_rows,
     times,
+    trial_counts,
 )
 
 __all__ = ["page"]
@@ -121,7 +122,8 @@ def _card(key: str, value: str, detail: str = "") -> str:
 
 
 def _cards(data: ReportData) -> str:
-    reduction, counts = data.reduction, data.state_counts
+    reduction = data.reduction
+    trials_run, states = trial_counts(data.state_counts)
     svd_row = reduction[reduction["kind"] == "svd"] if "kind" in reduction else reduction
     best_1pt = float(svd_row["within_1"].iloc[0]) if len(svd_row) else math.nan
     short = "acc" if data.metric == DEFAULT_METRIC else data.metric
@@ -130,8 +132,8 @@ def _cards(data: ReportData) -> str:
             _card("dense reference", pct(data.reference_accuracy), mflops(data.reference_flops)),
             _card(
                 "SVD trials",
-                f"{sum(counts.values()):,}",
-                ", ".join(f"{n:,} {s.lower()}" for s, n in sorted(counts.items())),
+                f"{trials_run:,}",
+                states,
             ),
             _card("Pareto front", f"{len(data.front):,} points", "complete, full budget"),
             _card("best within 1 pt", times(best_1pt), "FLOPs reduction, SVD training"),

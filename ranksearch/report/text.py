@@ -7,8 +7,9 @@ import math
 import pandas as pd
 
 __all__ = [
-    "BASELINE_BUDGET_RULE", "DEFAULT_METRIC", "hypervolume_text", "metric_label",
+    "BASELINE_BUDGET_RULE", "DEFAULT_METRIC", "STATE_WORDS", "hypervolume_text", "metric_label",
     "metric_note", "metric_title", "pct", "mflops", "times", "reduction_header", "reduction_rows",
+    "trial_counts",
 ]
 
 #: The name of the default metric, top-1 accuracy (``config.MetricSpec.name``).
@@ -52,6 +53,24 @@ def hypervolume_text(metric: str = DEFAULT_METRIC) -> str:
         f"mean, over FLOPs budgets up to the dense model's, of the best {metric} found within "
         "that budget"
     )
+
+#: Optuna's trial states as the report, ``status`` and ``export`` name them.
+STATE_WORDS = {"COMPLETE": "complete", "RUNNING": "running", "FAIL": "failed",
+               "PRUNED": "pruned", "WAITING": "queued"}
+
+
+def trial_counts(counts: dict[str, int]) -> tuple[int, str]:
+    """The number of SVD trials run or running, and their states in words.
+
+    Queued trials have not run: they are named after the others, not counted among them.
+    """
+    queued = counts.get("WAITING", 0)
+    run = {STATE_WORDS.get(state, state.lower()): n for state, n in counts.items()
+           if state != "WAITING" and n}
+    words = ", ".join(f"{n:,} {state}" for state, n in sorted(run.items()))
+    if queued:
+        words += ("; " if words else "") + f"{queued:,} more queued"
+    return sum(run.values()), words
 
 
 def _finite(value: float | None) -> bool:
