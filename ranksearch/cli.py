@@ -93,8 +93,8 @@ def cmd_latency(args) -> None:
     result = measure_run(args.run_dir, batch_size=args.batch_size, threads=args.threads,
                          repeats=args.repeats)
     batches = " and ".join(str(b) for b in dict.fromkeys((result["batch_size"], 1)))
-    print(f"{len(result['models'])} models timed at batch {batches} on {result['threads']} "
-          f"threads; written to {Path(args.run_dir) / 'latency.json'}")
+    print(f"{Path(args.run_dir) / 'latency.json'}: {len(result['models'])} models timed at "
+          f"batch {batches} on {result['threads']} thread" + "s" * (result["threads"] != 1))
 
 
 def cmd_baselines(args) -> None:

@@ -176,6 +176,8 @@ def measure_run(
     found, input_shape = _models(run, config, study)
     reference = found["reference"][0]() if "reference" in found else None
     on_disk = previous
+    kept = sum(key in result["models"] for key in found)
+    timed_now = 0
     for key, (build, recorded_flops) in found.items():
         if key in result["models"]:
             continue
@@ -201,6 +203,13 @@ def measure_run(
               file=sys.stderr, flush=True)
         write_json(run.latency_path, result)
         on_disk = result
+        timed_now += 1
+    untimed = len(found) - kept - timed_now
+    print(", ".join([f"{timed_now} models timed now"]
+                    + [f"{kept} kept from an earlier call with the same settings on this "
+                       "machine"] * bool(kept)
+                    + [f"{untimed} not timed (see the warnings)"] * bool(untimed)),
+          file=sys.stderr, flush=True)
     if result != on_disk:  # nothing timed now, yet the file is new or from other settings
         write_json(run.latency_path, result)
     return result

@@ -30,7 +30,7 @@ def run_with_baselines(tmp_path_factory):
 
 
 def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, capsys):
     run = run_with_baselines
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a rebuilt baseline whose FLOPs differ would warn
@@ -60,10 +60,15 @@ def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines
     calls = []
     monkeypatch.setattr(measure, "fastest_passes",
                         lambda models, *a, **k: calls.append(1) or [1e-3] * len(models))
+    capsys.readouterr()
     cli.main(["latency", str(run), "--repeats", "2"])
     assert not calls
+    out, err = capsys.readouterr()
+    assert "0 models timed now, 4 kept from an earlier call" in err
+    assert "latency.json: 4 models timed at batch 4 and 1 on 1 thread\n" in out
     cli.main(["latency", str(run), "--repeats", "2", "--batch-size", "2"])
     assert len(calls) == 2 * 4  # batch 2 and batch 1, four models
+    assert capsys.readouterr().err.endswith("4 models timed now\n")
     timings = read_json(run / "latency.json")
     assert timings["batch_size"] == 2
     # Each model against the reference in the same window, times the reference's figure.
