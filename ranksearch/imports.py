@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["ImportFailed", "resolve", "spec_of"]
+__all__ = ["ImportFailed", "resolve", "spec_of", "split_spec"]
 
 
 class ImportFailed(UserError):
@@ -51,6 +51,15 @@ def _module_from_file(path: Path) -> Any:
     return module
 
 
+def split_spec(spec: str) -> tuple[str | Path, str]:
+    """What ``spec`` names: the module's name or the ``.py`` file's resolved path, and the
+    function's (dotted) name in it; ``("", "")`` for a string of neither form."""
+    target, _, attribute = spec.rpartition(":")
+    if not target or not attribute:
+        return "", ""
+    return (Path(target).resolve() if target.endswith(".py") else target), attribute
+
+
 def resolve(spec: str, what: str) -> Callable[..., Any]:
     """The callable that ``spec`` names; ``what`` names its role in errors ("model factory").
 
@@ -58,30 +67,29 @@ def resolve(spec: str, what: str) -> Callable[..., Any]:
         ImportFailed: a malformed spec, a module or file that fails to import, or a name that
             is missing or not callable.
     """
-    target, _, attribute = spec.rpartition(":")
-    if not target or not attribute:
+    target, attribute = split_spec(spec)
+    if not attribute:
         raise ImportFailed(
             f"{what} {spec!r} must read 'package.module:function' or 'path/to/file.py:function'"
         )
     try:
-        if target.endswith(".py"):
-            path = Path(target).resolve()
-            if not path.is_file():
-                raise ImportFailed(f"{what} {spec!r}: no such file {path}")
-            module = _module_from_file(path)
+        if isinstance(target, Path):
+            if not target.is_file():
+                raise ImportFailed(f"{what} {spec!r}: no such file {target}")
+            module = _module_from_file(target)
         else:
             module = importlib.import_module(target)
     except ImportFailed:
         raise
     except Exception as error:  # noqa: BLE001 - user code may raise anything while importing
         raise ImportFailed(
-            f"{what} {spec!r}: cannot import {target!r}: {type(error).__name__}: {error}"
+            f"{what} {spec!r}: cannot import {str(target)!r}: {type(error).__name__}: {error}"
         ) from None
     found: Any = module
     for part in attribute.split("."):
         found = getattr(found, part, None)
     if not callable(found):
-        raise ImportFailed(f"{what} {spec!r}: {target!r} has no function {attribute!r}")
+        raise ImportFailed(f"{what} {spec!r}: {str(target)!r} has no function {attribute!r}")
     return found
 
 

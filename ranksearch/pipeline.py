@@ -24,7 +24,7 @@ from . import measure, models, svd
 from .data import Dataset
 from .data import load as load_data
 from .errors import UserError
-from .imports import resolve
+from .imports import resolve, split_spec
 from .runs import RunDir, atomic_write_text, load_state, read_json, save_state, write_json
 from .train import (
     Diverged,
@@ -94,10 +94,9 @@ def dataset(config: cfg.StudyConfig) -> Dataset:
 
 
 def _user_code(spec: str, what: str) -> Callable[..., Any]:
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py"):  # a relative path names another file from another folder
-        spec = f"{Path(target).resolve()}:{name}"
-    return _resolved(spec, what)
+    target, name = split_spec(spec)
+    # Keyed by the resolved file: a relative path names another file from another folder.
+    return _resolved(f"{target}:{name}" if name else spec, what)
 
 
 @functools.cache

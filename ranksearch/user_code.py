@@ -14,6 +14,7 @@ import torch
 
 from . import config as cfg
 from .errors import UserError
+from .imports import split_spec
 from .runs import load_state
 from .train import Diverged
 
@@ -66,9 +67,9 @@ def source_file(spec: str | None) -> Path | None:
     keys the caches; modules it imports in turn are not followed)."""
     if not spec:
         return None
-    target = spec.rpartition(":")[0]
-    if target.endswith(".py"):
-        return Path(target)
+    target, _ = split_spec(spec)
+    if isinstance(target, Path):
+        return target
     try:
         found = importlib.util.find_spec(target)
     except (ImportError, ValueError):  # reported when the code is resolved
