@@ -178,7 +178,9 @@ def run_case(name: str, input_shape: tuple, batch: int, args, report: Callable) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compact_latency.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/compact_latency.json for the channel "
+                             "scheme, compact_latency_<scheme>.json for the others")
     parser.add_argument("--scheme", choices=svd.SCHEMES, default="channel")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the timings (default: PyTorch's)")
@@ -190,6 +192,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None,
                         help="only these cases, as name:batch (e.g. resnet20:1)")
     args = parser.parse_args()
+    if args.out is None:
+        suffix = "" if args.scheme == "channel" else f"_{args.scheme}"
+        args.out = Path(f"benchmarks/results/compact_latency{suffix}.json")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -7,14 +7,19 @@ then one convolution) or ``"factored"`` (two thin convolutions). The variants ar
 interleaved rounds so that load from other processes affects them alike; the table shows
 the median and the fastest seconds per step, each with its ratio to the dense model.
 
-    python benchmarks/svd_step_cost.py --steps 10 --batch-size 128
+    python benchmarks/svd_step_cost.py --steps 10 --batch-size 128 [--out FILE.json]
+
+fp32, NCHW, SGD: the cost of the method itself. Training as ranksearch ships it (bf16 autocast,
+channels_last, fused Adam) is timed by ``cpu_precision.py``, dense and SVD alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (with --threads 1 the "
                              "work done, unaffected by waiting for a core on a busy machine)")
+    parser.add_argument("--out", type=Path, help="also write the table to this JSON file")
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads is not None:
@@ -56,7 +62,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = models.create("resnet20").train()
     variants = {"dense": make_step(dense, regularised=False)}
-    for scheme in ("channel", "spatial"):
+    for scheme in svd.SCHEMES:
         for mode in ("dense", "factored"):
             model = svd.decompose(dense, scheme=scheme, forward_mode=mode).train()
             variants[f"svd {scheme} / {mode}"] = make_step(model, regularised=True)
@@ -77,10 +83,19 @@ def main() -> None:
           f"{args.clock} clock, median of {args.steps} steps")
     base_min = min(times["dense"])
     print(f"{'variant':<26} {'s/step':>8} {'ratio':>7} {'min s':>8} {'ratio':>7}")
+    table = {}
     for name, values in times.items():
         median, fastest = statistics.median(values), min(values)
+        table[name] = {"median_s": median, "median_ratio": median / base,
+                       "fastest_s": fastest, "fastest_ratio": fastest / base_min}
         print(f"{name:<26} {median:8.4f} {median / base:7.3f} {fastest:8.4f} "
               f"{fastest / base_min:7.3f}")
+    if args.out:
+        args.out.write_text(json.dumps({
+            "torch": torch.__version__, "model": "CIFAR ResNet-20, fp32, NCHW, SGD",
+            "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "clock": args.clock, "steps": args.steps, "warmup": args.warmup,
+            "when": time.strftime("%Y-%m-%d %H:%M"), "variants": table}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Headline numbers of the Fashion-MNIST benchmark, on the official test split.
 
 Reads the run directory through ranksearch's own report tables and writes
-``results.json`` and ``results.md`` beside this script:
+``results.json`` and ``results.md`` beside this script (``--name`` gives another stem, e.g.
+``results-v2`` for the fp32 run of issue #12):
 
 - the dense reference's test accuracy;
 - for SVD training and each baseline, the largest FLOPs reduction within 0.5 and 1 point of
@@ -26,6 +27,7 @@ Reads the run directory through ranksearch's own report tables and writes
   outside training and evaluation, ``framework_time_s``).
 
 Usage: python benchmarks/fashion_mnist_resnet20/summarize.py RUN_DIR [--wall-time SECONDS]
+[--name STEM]
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--wall-time", type=float, help="seconds the whole run took")
+    parser.add_argument("--name", default="results",
+                        help="stem of the two files written beside this script")
     args = parser.parse_args()
 
     run, config, study = open_run_study(args.run_dir)
@@ -208,7 +212,7 @@ def main() -> None:
         "search_against_ablation": against_ablation(frame),
         "wall_time_s": args.wall_time,
     }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (HERE / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=float))
 
     lines = [f"Reference (dense ResNet-20): test accuracy {100 * ref_acc:.2f} %, "
              f"{ref_flops / 1e6:.1f} MFLOPs, {results['reference']['latency_ms']:.2f} ms",
@@ -260,7 +264,7 @@ def main() -> None:
                 f"| {100 * r['ablation_test_accuracy']:.2f} % | "
                 + (f"trial {r['search_trial']} | {r['search_reduction']:.2f}x | "
                    f"{100 * r['search_test_accuracy']:.2f} % |" if found else "none | — | — |"))
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
