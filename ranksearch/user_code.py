@@ -5,6 +5,7 @@ each one line."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 from collections.abc import Iterator
@@ -56,10 +57,24 @@ def user_code_errors(config: cfg.StudyConfig, doing: str) -> Iterator[None]:
 
 def file_digest(path: str | Path | None) -> str | None:
     """The content of a user's file (weights, code), so that a new one at the same path
-    does not pass for the old."""
+    does not pass for the old; None for no file.
+
+    Read once per process while the file's size and modification time stay the same: every
+    trial keys its caches by it, and a weights file may be large.
+    """
     if not path or not Path(path).is_file():
         return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    stat = Path(path).stat()
+    return _content_digest(Path(path).resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _content_digest(path: Path, _size: int, _mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def source_file(spec: str | None) -> Path | None:

@@ -319,6 +319,29 @@ def test_user_code_that_raises_on_the_reference_is_one_line(tiny_space, tmp_path
     assert err.splitlines()[-1] == f"ranksearch: error: {message}"
 
 
+def test_a_users_file_is_read_once_until_it_changes(tmp_path, monkeypatch) -> None:
+    """Every trial keys its caches by the weights file's content: a large file is read once
+    per process, and a new one at the same path, even of the same size, is read again."""
+    import os
+
+    from ranksearch.user_code import file_digest
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"a" * 4096)
+    first = file_digest(weights)
+    opened = []
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(self)
+                        or real_open(self, *a, **k))
+    assert [file_digest(weights) for _ in range(3)] == [first] * 3
+    assert not opened
+    weights.write_bytes(b"b" * 4096)
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_digest(weights) not in (first, None)
+    assert len(opened) == 1
+
+
 def test_a_study_refuses_to_resume_once_the_users_code_changed(tiny_space, tmp_path,
                                                                monkeypatch, capsys):
     """The same settings, another metric: its trials would mix with the earlier ones."""
