@@ -26,14 +26,18 @@ __all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "fastest_passes", "
            "is_channels_last", "num_threads"]
 
 
-def example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+def example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int, *,
+                  channels_last: bool | None = None) -> torch.Tensor:
     """A random batch on the model's device and dtype, channels_last when the model's
-    convolutions are (the input a deployed channels_last model receives)."""
+    convolutions are (the input a deployed channels_last model receives) or when
+    ``channels_last`` says so."""
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
-    if x.dim() == 4 and is_channels_last(model):
+    if channels_last is None:
+        channels_last = is_channels_last(model)
+    if x.dim() == 4 and channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -213,19 +213,13 @@ def deployable(model: nn.Module, data: Dataset, config: cfg.StudyConfig
     latency batch when the study measures latency, where it costs at least the dense
     layer's FLOPs at the dataset's input size otherwise.
     """
-    multiple = config.rank_multiple
-    if not config.measure_latency:
-        # One image: the FLOPs rule needs the size of each layer's input, not a batch.
-        plan = svd.compaction_plan(model, rank_multiple=multiple,
-                                   example_input=measure.example_input(model, data.input_shape, 1))
-        return svd.compact(model, plan), plan
-    device = next(model.parameters()).device
-    example = torch.randn(config.latency.batch_size, *data.input_shape, device=device)
-    if example.dim() == 4:
-        example = example.contiguous(memory_format=torch.channels_last)
-    with measure.num_threads(config.latency.threads):
-        plan = svd.compaction_plan(model, merge="latency", rank_multiple=multiple,
-                                   example_input=example)
+    # What the deployed (channels_last) model receives: the latency batch where pairs are
+    # timed, one image where the FLOPs rule only needs the size of each layer's input.
+    batch = config.latency.batch_size if config.measure_latency else 1
+    example = measure.example_input(model, data.input_shape, batch, channels_last=True)
+    with measure.num_threads(config.latency.threads if config.measure_latency else None):
+        plan = svd.compaction_plan(model, merge="latency" if config.measure_latency else "flops",
+                                   rank_multiple=config.rank_multiple, example_input=example)
     return svd.compact(model, plan), plan
 
 
