@@ -7,6 +7,7 @@ checks that none is left once it ends; a leftover is killed by its id and fails 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -288,6 +289,27 @@ def test_ray_options_that_cannot_work_fail_before_any_training(tmp_path, capsys,
                      *options], capsys)
     assert message in err.splitlines()[-1]
     assert not (run / "cache").exists() and not (run / "study.journal").exists()
+
+
+def test_address_auto_naming_a_cluster_that_is_gone_fails_in_seconds(tmp_path, capsys,
+                                                                     monkeypatch):
+    """``auto`` stands for RAY_ADDRESS, else the cluster last started on this host, whose
+    file Ray leaves behind: ray.init would retry that address for minutes."""
+    from tests.conftest import cli_error
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    run = tmp_path / "run"
+    started = time.monotonic()
+    err = cli_error(["search", str(_space(tmp_path)), "--backend", "ray", "--run-dir", str(run),
+                     "--address", "auto"], capsys)
+    assert time.monotonic() - started < 30
+    # Ray names this host by its address on the network, not 127.0.0.1.
+    assert re.search(rf"--address auto \(\S+:{port}\): no Ray cluster answers there",
+                     err.splitlines()[-1])
+    assert not (run / "cache").exists()
 
 
 def test_searcher_state_never_holds_the_storage(tmp_path):

@@ -45,10 +45,16 @@ def ray_cluster(address: str | None, progress: bool) -> Iterator[None]:
 
 
 def check_reachable(address: str) -> None:
-    """Fail in seconds when nothing listens at a ``HOST:PORT`` address: ``ray.init`` would
-    retry for minutes."""
-    if address == "auto" or "://" in address:
-        return  # Ray resolves these itself ("ray://HOST:PORT" is Ray Client)
+    """Fail in seconds when nothing listens at a ``HOST:PORT`` address, or at the one
+    ``auto`` stands for: ``ray.init`` would retry for minutes."""
+    named = address
+    if address == "auto":
+        address = _auto_address()
+        if address is None:
+            return  # no cluster recorded: ray.init says so at once
+        named = f"auto ({address})"
+    elif "://" in address:
+        return  # "ray://HOST:PORT" is Ray Client, which Ray checks itself
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise cfg.ConfigError(f"--address {address}: expected HOST:PORT (the head node's GCS "
@@ -56,8 +62,21 @@ def check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as err:
-        raise cfg.ConfigError(f"--address {address}: no Ray cluster answers there "
+        raise cfg.ConfigError(f"--address {named}: no Ray cluster answers there "
                               f"({err.strerror or err})") from None
+
+
+def _auto_address() -> str | None:
+    """The ``HOST:PORT`` that ``--address auto`` stands for, as Ray resolves it: RAY_ADDRESS,
+    else the cluster last started on this host (a file Ray leaves behind, also once that
+    cluster is gone); None where neither names one."""
+    try:
+        # Ray's own resolver; it has no public one.
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # noqa: BLE001 - a Ray without it, or an address it refuses: ray.init reports
+        return None
 
 
 def local_resources() -> dict[str, float]:
