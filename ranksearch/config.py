@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -32,60 +31,32 @@ from pydantic import (
 )
 
 from .datasets import DatasetName
-from .errors import UserError, validation_message
+from .errors import validation_message
+from .schema import (
+    DECAY_TYPES,
+    ConfigError,
+    Decay,
+    Granularity,
+    Init,
+    PruningMethod,
+    Range,
+    Scheme,
+    Searchable,
+    Strict,
+    check_setting,
+    searchable_values,
+)
 
 __all__ = [
     "ConfigError", "Range", "ModelSpec", "DataSpec", "MetricSpec", "Schedule", "TrialParams",
     "SearchSpace", "StudyConfig", "load", "loads", "updated", "dump", "mask_url", "settings_key",
 ]
 
-# Each choice is one Literal type; the tuples of its values derive from it. Reading a config
-# must not import torch (``ranksearch report`` and ``status`` start in seconds), so the
-# choices live here or in torch-free modules (dataset names: ranksearch.datasets), not in
-# svd/, which imports torch and nothing of ranksearch: its SCHEMES and SPARSITY_KINDS are
-# checked equal to these by tests/test_bad_input.py.
-Scheme = Literal["channel", "spatial", "pointwise_first"]
-Decay = Literal["l1", "hoyer", "hoyer_square", "none"]
-Init = Literal["svd", "random"]
-Granularity = Literal["global", "stage", "layer"]
-PruningMethod = Literal["l1", "fpgm", "slimming", "random"]
-DECAY_TYPES: tuple[str, ...] = typing.get_args(Decay)
 #: Above this many trials GPSampler costs more than 1 % of a 10-minute trial per suggestion.
 GP_MAX_TRIALS = 300
 
 
-class ConfigError(UserError, ValueError):
-    """A config file that cannot be used; the message is one line meant for the user."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Range(_Strict):
-    """A numeric range to search: ``{low: 1e-4, high: 1e-2, log: true}``."""
-
-    low: float
-    high: float
-    log: bool = False
-    step: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
-        if self.log and self.step is not None:
-            raise ValueError("a range cannot have both log and step")
-        return self
-
-
-# A searchable number: a constant, a list of choices, or a range.
-Searchable = float | list[float] | Range
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Which network: a built-in name (``resnet20``, a torchvision name) or ``module:function``."""
 
     name: str
@@ -98,7 +69,7 @@ class ModelSpec(_Strict):
     ``torch.load(weights_only=True)``): the reference is then evaluated, not trained."""
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """Which data: a built-in dataset, an image folder, or a ``module:function`` factory."""
 
     name: DatasetName | str
@@ -142,7 +113,7 @@ class DataSpec(_Strict):
         return self
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     """How one training phase runs."""
 
     epochs: PositiveInt
@@ -160,7 +131,7 @@ class Schedule(_Strict):
         return self.model_dump()
 
 
-class TrainingSchedule(_Strict):
+class TrainingSchedule(Strict):
     """The three training phases of a study."""
 
     reference: Schedule
@@ -168,7 +139,7 @@ class TrainingSchedule(_Strict):
     finetune: Schedule
 
 
-class TrialParams(_Strict):
+class TrialParams(Strict):
     """One resolved point of a search space: the settings of one SVD-training trial."""
 
     scheme: Scheme = "channel"
@@ -189,10 +160,7 @@ class TrialParams(_Strict):
     def _in_range(cls, value: float | dict[str, float], info: ValidationInfo
                   ) -> float | dict[str, float]:
         for v in value.values() if isinstance(value, dict) else [value]:
-            if v < 0:
-                raise ValueError(f"must be >= 0, got {v:g}")
-            if v >= 1 and info.field_name == "energy":
-                raise ValueError(f"an energy threshold must be below 1, got {v:g}")
+            check_setting(info.field_name, v)
         return value
 
     def training_key(self) -> dict[str, Any]:
@@ -200,7 +168,7 @@ class TrialParams(_Strict):
         return self.model_dump(exclude={"energy", "ranks", "finetune_epochs"})
 
 
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     """Many points per trained model (``ranksearch.fidelity``): after SVD training, try
     ``candidates`` energy settings without fine-tuning, then fine-tune the ``promote`` best
     (by proxy hypervolume) as trials of their own."""
@@ -216,7 +184,7 @@ class SweepSpec(_Strict):
     unit's measured sensitivity (``ranksearch.fidelity.allocate``)."""
 
 
-class SearchSpace(_Strict):
+class SearchSpace(Strict):
     """What the search varies. Each field is a constant, a list of choices or a range; the
     ``lambda_s`` and ``energy`` ranges may be given per decay type."""
 
@@ -226,11 +194,12 @@ class SearchSpace(_Strict):
     granularity: Granularity = "global"
     """Whether λ_s and e are one value, one per stage (layer group), or one per layer."""
     lambda_o: Searchable = 1.0
-    lambda_s: Searchable | dict[str, Searchable] = 0.0
-    energy: Searchable | dict[str, Searchable] = 0.0
+    # A range first: {low, high} also reads as a per-decay mapping of floats.
+    lambda_s: Searchable | dict[str, Searchable] = Field(0.0, union_mode="left_to_right")
+    energy: Searchable | dict[str, Searchable] = Field(0.0, union_mode="left_to_right")
     lr: Searchable | None = None
     svd_epochs: list[PositiveInt] | None = None
-    finetune_epochs: list[int] | None = None
+    finetune_epochs: list[Annotated[int, Field(ge=0)]] | None = None
     energy_trials_per_model: PositiveInt = 1
     """How many energy thresholds to try on each SVD-trained model: trials after the first reuse
     the cached SVD-trained checkpoint and only prune and fine-tune."""
@@ -260,6 +229,14 @@ class SearchSpace(_Strict):
                 )
         return value
 
+    @field_validator("lambda_o", "lambda_s", "energy", "lr")
+    @classmethod
+    def _trial_can_take(cls, value: Any, info: ValidationInfo) -> Any:
+        # Checked here, not first in a trial: a search would fail at its first such draw.
+        for v in searchable_values(value) if value is not None else []:
+            check_setting(info.field_name, v)
+        return value
+
     @model_validator(mode="after")
     def _ranges_cover_decays(self) -> SearchSpace:
         decays = self.decay if isinstance(self.decay, list) else [self.decay]
@@ -277,20 +254,20 @@ class SearchSpace(_Strict):
         return self
 
 
-class Constraints(_Strict):
+class Constraints(Strict):
     max_flops: PositiveFloat | None = None
     """A FLOPs ceiling (absolute FLOPs)."""
     min_accuracy: float | None = Field(None, ge=0, le=1)
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(Strict):
     name: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int | None = 0
     n_startup_trials: PositiveInt | None = None
     population_size: PositiveInt | None = None
 
 
-class BaselineSpec(_Strict):
+class BaselineSpec(Strict):
     methods: list[PruningMethod] = Field(
         default_factory=lambda: ["l1", "fpgm", "slimming"]
     )
@@ -299,7 +276,7 @@ class BaselineSpec(_Strict):
     )
 
 
-class LatencySpec(_Strict):
+class LatencySpec(Strict):
     """How CPU latency is measured (with ``measure_latency: true``): always at batch 1, and
     also at ``batch_size`` when it is larger, on ``threads`` threads (default: PyTorch's)."""
 
@@ -308,7 +285,7 @@ class LatencySpec(_Strict):
     threads: PositiveInt | None = None
 
 
-class MetricSpec(_Strict):
+class MetricSpec(Strict):
     """The quality objective: top-1 accuracy, or the user's own metric (higher is better),
     kept as ``accuracy`` (columns, objective, ``min_accuracy``) and read as accuracy is: a
     fraction shown in percent, 0 the worst (hypervolume); best in [0, 1] (mIoU, F1)."""
@@ -321,7 +298,7 @@ class MetricSpec(_Strict):
     returning a float in [0, 1], else the trial fails; default: top-1 accuracy."""
 
 
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     """A whole study (with ``space``) or one trial (with ``params``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

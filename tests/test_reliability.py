@@ -274,3 +274,24 @@ def test_a_rerun_after_kill_9_requeues_at_once_on_the_same_host(tiny_space, tmp_
     assert len(killed) == 1 and "no heartbeat" in killed[0].user_attrs["fail_reason"]
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == killed[0].number]
     assert [t.state for t in retried] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_suggestion_that_raises_fails_its_trial_and_the_search_goes_on(tiny_space, tmp_path,
+                                                                         monkeypatch):
+    """The space is checked when it loads; should a drawn value still be refused, that trial
+    fails with the reason instead of the whole search ending in a traceback."""
+    from ranksearch.search import objective
+    from ranksearch.search.study import open_run_study
+
+    def suggest(trial, *args):
+        if trial.number == 0:
+            raise ValueError("a value no trial may take")
+        return real_suggest(trial, *args)
+
+    real_suggest = objective.suggest
+    monkeypatch.setattr(objective, "suggest", suggest)
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
+    trials = open_run_study(run)[2].trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "a value no trial may take" in trials[0].user_attrs["fail_reason"]

@@ -78,3 +78,23 @@ def test_a_trial_records_what_the_space_fixed_as_well_as_what_it_searched(tiny_s
     frame = trials_frame(study)
     assert (frame["param_scheme"] == "spatial").all()
     assert frame["param_decay"].notna().all()
+
+
+@pytest.mark.parametrize("rng", [{"low": 0.01, "high": 0.3}, {"low": 0.01, "high": 0.3,
+                                                                  "step": 0.01}],
+                         ids=["linear", "stepped"])
+def test_a_linear_range_of_energy_and_lambda_s_is_searched(rng) -> None:
+    """``{low, high}`` without ``log`` is a range, not a per-decay mapping keyed low/high."""
+    import optuna
+    import yaml
+
+    from ranksearch.search.space import suggest
+    from tests.conftest import TINY
+
+    text = yaml.safe_dump({**TINY, "space": {"decay": "l1", "energy": rng, "lambda_s": rng}})
+    space = cfg.loads(text).space
+    assert space.energy == space.lambda_s == cfg.Range(**rng)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        params = suggest(study.ask(), space, {"layer1.0.conv1": "layer1"})
+        assert 0.01 <= params.energy <= 0.3 and 0.01 <= params.lambda_s <= 0.3

@@ -52,9 +52,10 @@ class Objective:
         return self._layer_groups
 
     def __call__(self, trial: optuna.Trial) -> TrialOutcome:
-        params = suggest(trial, self.config.space, self.layer_groups())
+        groups = self.layer_groups()
         start = time.perf_counter()
         try:
+            params = suggest(trial, self.config.space, groups)
             metrics = run_trial(self.config, params, self.run, self.run.trial_dir(trial.number),
                                 progress=self.progress)
             if (self.config.space.sweep is not None
