@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from . import config as cfg
+from .errors import UserError
 from .runs import RunDir, RunDirError, atomic_write_text
 from .search.backend import Backend
 from .search.storage import (
@@ -69,9 +70,33 @@ def check_inputs(config: cfg.StudyConfig) -> None:
     from . import pipeline
 
     data = pipeline.dataset(config)
-    pipeline.svd_layer_groups(config, pipeline.build_model(config, data))
+    dense = pipeline.build_model(config, data)
+    groups = pipeline.svd_layer_groups(config, dense)
+    if config.params is not None:
+        _check_params(config, dense, groups)
     pipeline.training_loop(config)
     pipeline.metric(config)
+
+
+def _check_params(config: cfg.StudyConfig, dense: object, groups: dict[str, str]) -> None:
+    """The layers and groups a trial config names exist, and its exact ranks fit them: an
+    edited export would otherwise fail only after SVD training."""
+    from . import pipeline, svd
+
+    params = config.params
+    for field in ("energy", "lambda_s"):
+        try:
+            pipeline.expand_by_layer(getattr(params, field), list(groups), groups)
+        except pipeline.TrialFailed as err:
+            raise cfg.ConfigError(f"params.{field}: {err}") from None
+    if params.ranks:
+        # Random factors: only the layers' names and full ranks are wanted, not their SVD.
+        shapes = svd.decompose(dense, scheme=params.scheme, init="random",
+                               exclude=tuple(config.model.exclude))
+        try:
+            svd.set_ranks(shapes, params.ranks)
+        except ValueError as err:
+            raise cfg.ConfigError(f"params.ranks: {err}") from None
 
 
 def start_search(
@@ -110,7 +135,12 @@ def train_trial(
     run = RunDir(run_dir_of(config, run_dir)).create()
     check_inputs(config)
     folder = Path(out) if out else run.path / "train"
-    return pipeline.run_trial(config, config.params, run, folder, progress=progress), folder
+    try:
+        return pipeline.run_trial(config, config.params, run, folder, progress=progress), folder
+    except pipeline.ReferenceFailed:
+        raise  # one line of its own
+    except pipeline.TrialFailed as err:  # diverged, say: the settings are the user's to fix
+        raise UserError(f"{source}: the trial failed: {err}") from None
 
 
 def run_search(

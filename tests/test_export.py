@@ -164,3 +164,41 @@ def test_exporting_an_unfinished_trial_says_what_it_is(state, word):
     trials = pd.DataFrame({"kind": ["svd"], "number": [3], "state": [state]})
     with pytest.raises(export.ExportError, match=f"--trial 3: the trial is {word}, not complete"):
         export.select_trial(trials, trials.iloc[:0], 1e6, trial=3)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"ranks": {"bogus.conv": 4}}, "params.ranks: 'bogus.conv' is not an SVD layer"),
+    ({"ranks": {"layer1.0.conv1": 1000}}, "params.ranks: rank for 'layer1.0.conv1' must be in [1,"),
+    ({"energy": {"layer9": 0.1}}, "params.energy: unknown layer or group 'layer9'"),
+], ids=["unknown-layer", "rank-too-large", "unknown-group"])
+def test_an_edited_export_config_is_refused_before_training(finished_run, tmp_path, capsys,
+                                                            monkeypatch, edit, message):
+    """Wrong layer names or ranks in a config for ``ranksearch train`` are found before any
+    training, not after SVD training, in one line."""
+    from ranksearch import pipeline
+    from tests.conftest import cli_error
+
+    cli.main(["export", str(finished_run), "--trial", "0", "--out", str(tmp_path / "e")])
+    config = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())
+    config["params"].update(edit)
+    if "energy" in edit:
+        config["params"].pop("ranks")
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(pipeline, "svd_trained", lambda *a, **k: pytest.fail("trained"))
+    err = cli_error(["train", str(path), "--run-dir", str(finished_run), "--out",
+                     str(tmp_path / "t")], capsys)
+    assert message in err.splitlines()[-1]
+
+
+def test_a_trial_that_diverges_under_train_is_one_line(finished_run, tmp_path, capsys):
+    from tests.conftest import cli_error
+
+    cli.main(["export", str(finished_run), "--trial", "0", "--out", str(tmp_path / "e")])
+    config = yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())
+    config["schedule"]["svd"].update(optimizer="sgd", lr=1e8)
+    path = tmp_path / "diverging.yaml"
+    path.write_text(yaml.safe_dump(config))
+    err = cli_error(["train", str(path), "--run-dir", str(finished_run), "--out",
+                     str(tmp_path / "t"), "--quiet"], capsys)
+    assert f"{path}: the trial failed: diverged" in err.splitlines()[-1]
