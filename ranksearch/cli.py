@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -226,8 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    # ranksearch's own warnings are addressed to the user: one line, no source file or code.
+    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE):
+        return f"ranksearch: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     import signal
 
     import optuna

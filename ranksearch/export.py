@@ -47,14 +47,14 @@ def parse_max_flops(value: str, reference_flops: float) -> float:
     try:
         if text.endswith("x"):
             factor = float(text[:-1])
-            if factor <= 0:
+            if not factor > 0:  # nan too
                 raise ValueError
             return reference_flops / factor
         flops = float(text)
     except ValueError:
         raise ExportError(f"--max-flops: expected FLOPs (e.g. 2.5e6) or a reduction (e.g. 4x), "
                           f"got {value!r}") from None
-    if flops <= 0:
+    if not flops > 0:  # nan too
         raise ExportError(f"--max-flops: expected a positive number, got {value!r}")
     return flops
 
@@ -84,6 +84,9 @@ def select_trial(
         return int(fits.sort_values(["accuracy", "flops"], ascending=[False, True])
                    .iloc[0]["number"])
     assert min_accuracy is not None
+    if not 0 <= min_accuracy <= 100:  # nan too
+        raise ExportError(f"--min-accuracy: expected an accuracy (0-1) or a percentage (up to "
+                          f"100), got {min_accuracy:g}")
     floor = min_accuracy / 100 if min_accuracy > 1 else min_accuracy
     fits = front[front["accuracy"] >= floor]
     if fits.empty:
@@ -108,15 +111,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
     front = pareto_front(trials)
     number = select_trial(trials, front, reference["flops"], trial=trial,
                           max_flops=max_flops, min_accuracy=min_accuracy)
-    if number not in set(front["number"].astype(int)):
-        warnings.warn(f"trial {number} is not on the Pareto front ({_off_front(trials, number)});"
-                      " exporting it as asked", stacklevel=2)
     inside = Path(out).resolve()
     if inside == run.path.resolve() or any(
             (run.path / owned).resolve() in (inside, *inside.parents)
             for owned in ("trials", "baselines", "cache")):
         raise ExportError(f"--out {out}: inside the folders of the run {run.path}, whose files "
                           "it would replace; export to a folder of its own")
+    if number not in set(front["number"].astype(int)):
+        warnings.warn(f"trial {number} is not on the Pareto front ({_off_front(trials, number)});"
+                      " exporting it as asked", stacklevel=2)
     return export_trial(run.trial_dir(number), out)
 
 

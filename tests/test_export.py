@@ -104,6 +104,10 @@ def test_selection_rules(finished_run, tmp_path, capsys):
     (["--min-accuracy", "0.9999"], "no front point reaches accuracy 0.9999; the closest: trial"),
     (["--max-flops", "1000x"], "no front point has at most"),
     (["--max-flops", "lots"], "--max-flops: expected FLOPs"),
+    (["--max-flops", "nan"], "--max-flops: expected a positive number"),
+    (["--max-flops", "nanx"], "--max-flops: expected FLOPs"),
+    (["--min-accuracy", "-1"], "--min-accuracy: expected an accuracy (0-1) or a percentage"),
+    (["--min-accuracy", "nan"], "--min-accuracy: expected an accuracy (0-1) or a percentage"),
     (["--trial", "99"], "--trial 99: no such trial"),
 ])
 def test_nothing_qualifies(finished_run, tmp_path, capsys, args, message):
@@ -202,3 +206,24 @@ def test_a_trial_that_diverges_under_train_is_one_line(finished_run, tmp_path, c
     err = cli_error(["train", str(path), "--run-dir", str(finished_run), "--out",
                      str(tmp_path / "t"), "--quiet"], capsys)
     assert f"{path}: the trial failed: diverged" in err.splitlines()[-1]
+
+
+def test_an_off_front_export_warns_in_one_line(finished_run, tmp_path):
+    """The warning is the user's, not a developer's: no source file, no line of code."""
+    import subprocess
+    import sys
+
+    from ranksearch.report.pareto import pareto_front, trials_frame
+    from ranksearch.search.study import open_run_study
+
+    frame = trials_frame(open_run_study(finished_run)[2], finished_run)
+    complete = frame[(frame["kind"] == "svd") & (frame["state"] == "COMPLETE")]
+    off_front = sorted(set(complete["number"].astype(int))
+                       - set(pareto_front(frame)["number"].astype(int)))
+    assert off_front, "the fixture's study should have a dominated trial"
+    done = subprocess.run([sys.executable, "-m", "ranksearch", "export", str(finished_run),
+                           "--trial", str(off_front[0]), "--out", str(tmp_path / "e")],
+                          capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines() == [
+        f"ranksearch: warning: trial {off_front[0]} is not on the Pareto front (another trial "
+        "is at least as good in both objectives); exporting it as asked"]
