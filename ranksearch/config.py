@@ -397,6 +397,8 @@ def updated(model: _Model, source: str, **changes: Any) -> _Model:
 def load(path: str | os.PathLike[str]) -> StudyConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:

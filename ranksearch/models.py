@@ -32,6 +32,8 @@ unit of stage-level hyperparameters in a search space.
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 import torchvision
 from torch import nn
@@ -132,9 +134,13 @@ def available() -> list[str]:
 
 
 def _unknown(name: str) -> ModelError:
+    close = difflib.get_close_matches(name, available(), n=3)
     return ModelError(
-        f"unknown model {name!r}; valid names: {', '.join(available())}, "
-        "or a 'package.module:function' factory"
+        f"unknown model {name!r}"
+        + (f" (did you mean {', '.join(close)}?)" if close else "")
+        + f"; built in: {', '.join(CIFAR_RESNET_DEPTHS)} and {len(_torchvision_names())} "
+        "torchvision classification models (torchvision.models.list_models()), or a "
+        "'package.module:function' factory"
     )
 
 

@@ -61,11 +61,11 @@ class ReferenceFailed(TrialFailed, UserError):
 def build_model(config: cfg.StudyConfig, data: Dataset) -> nn.Module:
     """The dense network the config names, shaped for the dataset."""
     spec = config.model
-    return models.create(
-        spec.name,
-        num_classes=spec.num_classes or data.num_classes,
-        in_channels=spec.in_channels or data.input_shape[0],
-    )
+    try:
+        return models.create(spec.name, num_classes=spec.num_classes or data.num_classes,
+                             in_channels=spec.in_channels or data.input_shape[0])
+    except models.ModelError as err:
+        raise models.ModelError(f"model.name: {err}") from None
 
 
 def svd_layer_groups(config: cfg.StudyConfig, dense: nn.Module) -> dict[str, str]:

@@ -75,6 +75,12 @@ def test_missing_file(tmp_path, capsys):
     assert "nope.yaml: no such file" in err
 
 
+def test_a_folder_for_a_file(tmp_path, capsys):
+    (tmp_path / "space.yaml").mkdir()
+    err = cli_error(["train", str(tmp_path / "space.yaml")], capsys)
+    assert "space.yaml: a folder, not a YAML file" in err
+
+
 def test_unwritable_run_dir(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
