@@ -164,9 +164,12 @@ def run_search(
     runner = make_backend(backend, workers=workers, address=address,
                           gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     runner.check()
+    _require_same_study(run, config)
     url = storage_url(run, config.storage)
-    if config.storage:
+    if url != str(run.journal_path):
         write_storage_note(run, url)
+        # A resume without --storage: the run's config.yaml keeps naming it (masked).
+        config = cfg.updated(config, "the run's storage", storage=url)
     study = create_study(config, open_storage(url))
     # The same settings may name other inputs: new weights, edited training loop or metric.
     key = pipeline.reference_key(config)
@@ -186,6 +189,19 @@ def run_search(
     study.set_user_attr("reference", ref_metrics)
     runner.run(config, run, url, progress=progress)
     run_baselines(config, run, progress=progress)
+
+
+def _require_same_study(run: RunDir, config: cfg.StudyConfig) -> None:
+    """A run directory holds one study: another name would start a second one whose trials
+    write over the first one's trial folders."""
+    try:
+        recorded = cfg.load(run.config_path).name if run.config_path.is_file() else None
+    except cfg.ConfigError:  # a damaged config.yaml is written again by this search
+        return
+    if recorded is not None and recorded != config.name:
+        raise cfg.ConfigError(
+            f"{run.path} holds the study {recorded!r}; the study {config.name!r} needs a run "
+            "directory of its own (--run-dir)")
 
 
 def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True) -> None:

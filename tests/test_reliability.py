@@ -295,3 +295,22 @@ def test_a_suggestion_that_raises_fails_its_trial_and_the_search_goes_on(tiny_sp
     trials = open_run_study(run)[2].trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert "a value no trial may take" in trials[0].user_attrs["fail_reason"]
+
+
+def test_a_promoted_trial_given_back_on_ctrl_c_stays_promoted():
+    """Ctrl-C (or a surplus trial) requeues the parameters with where they came from, as a
+    kill -9 does: a promoted candidate's rerun must still replace its low-fidelity point."""
+    from ranksearch.search.optuna_backend import _give_back
+
+    study = optuna.create_study()
+    origin = {"reuses_training_of": 0, "promoted_from": 0, "candidate": "86812be9",
+              "proxy_accuracy": 0.59, "proxy_flops": 3468544}
+    study.enqueue_trial({"x": 0.5}, user_attrs=origin)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    _give_back(study, trial, "interrupted; parameters requeued")
+    given_back, queued = study.get_trials(deepcopy=False)
+    assert given_back.state == optuna.trial.TrialState.FAIL
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.user_attrs == {**origin, "retry_of": 0}
+    assert queued.system_attrs["fixed_params"] == {"x": 0.5}

@@ -191,5 +191,42 @@ def test_a_refused_resume_leaves_the_run_config_as_it_was(tiny_space, tmp_path, 
                          schedule={"reference": {"epochs": 3}})
     with pytest.raises(SystemExit):
         cli.main(["search", str(changed), "--run-dir", str(run), "--quiet"])
-    assert "already exists with different settings" in capsys.readouterr().err
+    assert ("already exists with different settings (schedule.reference.epochs: 2 then, 3 now)"
+            in capsys.readouterr().err)
     assert (run / "config.yaml").read_text() == before
+
+
+def test_a_resume_without_storage_continues_where_the_study_lives(tiny_space, tmp_path,
+                                                                 monkeypatch, capsys):
+    """The README's 'the same command with more --trials resumes': a study started with
+    --storage is continued there, not forked into a new journal in the run directory."""
+    monkeypatch.chdir(tmp_path)
+    space = tiny_space(trials=1)
+    cli.main(["search", str(space), "--run-dir", "run", "--storage", "sqlite:///q.db",
+              "--quiet"])
+    cli.main(["search", str(space), "--run-dir", "run", "--trials", "2", "--quiet"])
+    assert len(_complete(_study(tmp_path / "run", storage="sqlite:///q.db"))) == 2
+    assert not (tmp_path / "run" / "study.journal").exists()
+    assert "storage: sqlite:///" in (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(space), "--run-dir", "run", "--storage", "sqlite:///other.db",
+                  "--trials", "3", "--quiet"])
+    assert ("run: its study lives in sqlite:///" in capsys.readouterr().err)
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_another_study_in_the_same_run_directory_is_refused(tiny_space, tmp_path, capsys):
+    """Trial folders are named by number: a second study would write over the first one's,
+    and export the other study's model."""
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(run), "--quiet"])
+    before = (run / "trials" / "0" / "metrics.json").read_text()
+    renamed = tiny_space("renamed.yaml", name="renamed", trials=1)
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(renamed), "--run-dir", str(run), "--quiet"])
+    assert ("holds the study 'tiny'; the study 'renamed' needs a run directory of its own"
+            in capsys.readouterr().err)
+    assert (run / "trials" / "0" / "metrics.json").read_text() == before
+    assert optuna.get_all_study_names(
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            str(run / "study.journal")))) == ["tiny"]

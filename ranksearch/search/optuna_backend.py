@@ -27,7 +27,15 @@ from ..runs import RunDir
 from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
 from .objective import Objective
 from .storage import STORAGE_ENV, heartbeat_folder, open_storage
-from .study import TARGET_ATTR, Heartbeat, counts, fail_stale_trials, load_study, make_sampler
+from .study import (
+    TARGET_ATTR,
+    Heartbeat,
+    counts,
+    fail_stale_trials,
+    load_study,
+    make_sampler,
+    requeue,
+)
 
 __all__ = ["OptunaBackend", "run_worker", "launch_workers"]
 
@@ -87,11 +95,9 @@ def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
 def _give_back(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     """Fail a trial that will not run and requeue its parameters, so no point is lost."""
     trial.set_user_attr("fail_reason", reason)
-    params = dict(trial.params)
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("reuses_training_of", "retry_of")}
     study.tell(trial, state=TrialState.FAIL)
-    if params:
-        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    if trial.params:  # where it came from goes with it: a promoted candidate stays one
+        requeue(study, trial)
 
 
 def run_worker(

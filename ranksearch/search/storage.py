@@ -52,9 +52,29 @@ def is_journal_file(url: str) -> bool:
 
 
 def storage_url(run: RunDir, url: str | None) -> str:
-    """The storage a run uses: ``url`` if given (a relative SQLite or journal path made
-    absolute, so that the run opens it from any directory), else the run's journal file."""
-    return absolute_url(url) if url else str(run.journal_path)
+    """The storage a search of ``run`` uses: the one its study already lives in (the
+    recorded one, as :func:`run_storage_url` reads it, or the run's journal file); for a new
+    study ``url`` if given (a relative SQLite or journal path made absolute, so that the run
+    opens it from any directory), else the run's journal file.
+
+    Raises:
+        StorageError: ``url`` names another storage than the one the run's study lives in
+            (the search would start a second study beside it).
+    """
+    given = absolute_url(url) if url else None
+    if run.storage_path.is_file():
+        where = run.storage_path.read_text().strip()  # password masked
+    elif run.journal_path.is_file():
+        where = str(run.journal_path)
+    else:
+        return given or str(run.journal_path)
+    if given is None:
+        return run_storage_url(run) if run.storage_path.is_file() else where
+    if cfg.mask_url(given) != where:
+        raise StorageError(
+            f"{run.path}: its study lives in {where}, not {cfg.mask_url(given)}; resume it "
+            "without --storage, or start another run directory")
+    return given
 
 
 def run_storage_url(run: RunDir) -> str:

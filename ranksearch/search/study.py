@@ -83,10 +83,11 @@ def create_study(config: cfg.StudyConfig, storage: BaseStorage) -> optuna.Study:
     text = cfg.dump(config.model_copy(update={"trials": 1}))
     if existing is not None and existing != text:
         previous = cfg.loads(existing, "the study's config")
-        if _search_settings(previous) != _search_settings(config):
+        changed = _first_difference(_search_settings(previous), _search_settings(config))
+        if changed:
             raise StorageError(
-                f"study {config.name!r} already exists with different settings; use another "
-                "name or run directory"
+                f"study {config.name!r} already exists with different settings ({changed}); "
+                "use another name or run directory"
             )
     study.set_user_attr("config", text)
     return study
@@ -96,6 +97,18 @@ def _search_settings(config: cfg.StudyConfig) -> dict[str, Any]:
     """What must match for a study to be resumed: everything but the trial count, the storage
     and the baselines (those may grow between runs)."""
     return config.model_dump(exclude={"trials", "storage", "baselines"})
+
+
+def _first_difference(before: Any, now: Any, where: str = "") -> str | None:
+    """The first setting that differs, as ``dotted.name: old then, new now``; None if none."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in sorted(set(before) | set(now), key=str):
+            found = _first_difference(before.get(key), now.get(key),
+                                      f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    return None if before == now else f"{where}: {before!r} then, {now!r} now"
 
 
 def load_study(storage: BaseStorage, name: str | None = None,
@@ -257,9 +270,10 @@ _ORIGIN_ATTRS = ("reuses_training_of", "promoted_from", "candidate", "proxy_accu
                  "proxy_flops")
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue the parameters of ``trial`` (failed by no fault of its own: its worker died)
-    again, with the attributes that say where it came from and ``retry_of`` its number."""
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
+    """Queue the parameters of ``trial`` (failed by no fault of its own: its worker died or
+    was stopped, or it was one too many) again, with the attributes that say where it came
+    from and ``retry_of`` its number."""
     origin = {k: trial.user_attrs[k] for k in _ORIGIN_ATTRS if k in trial.user_attrs}
     study.enqueue_trial(trial.params, user_attrs={**origin, "retry_of": trial.number},
                         skip_if_exists=False)
