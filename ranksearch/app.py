@@ -179,6 +179,11 @@ def run_search(
             "the code of the training loop or metric, changed since); its trials would mix "
             "with new ones: restore them, or start another run directory")
     study.set_user_attr("reference_key", key)
+    complete = counts(study.get_trials(deepcopy=False))["COMPLETE"]
+    if complete > config.trials:  # a target below what is done would read "5 complete of 3"
+        warnings.warn(f"the study already holds {complete} complete trials, more than the "
+                      f"{config.trials} asked; none is added", stacklevel=2)
+        config = cfg.updated(config, "--trials", trials=complete)
     # Written only now: the commands that read the run (worker, baselines, latency, report)
     # must never see settings its study refused.
     atomic_write_text(run.config_path, cfg.dump(config))
@@ -219,7 +224,8 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
 
     ``target`` is a run directory; or, on a host that has none yet, the run directory to
     create for the study in ``$RANKSEARCH_STORAGE``; or a storage URL or journal file (the run
-    directory is then ``run_dir``, by default ``runs/NAME``). Returns the run directory and
+    directory is then ``run_dir``, by default the journal's own run directory, else
+    ``runs/NAME``). Returns the run directory and
     how many trials this worker completed.
     """
     from .search.optuna_backend import run_worker
@@ -241,6 +247,9 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
                               f"(to join a study in a database from a new host, set "
                               f"${STORAGE_ENV})")
         config = study_config(load_study(open_storage(url)))
+        beside = Path(target).parent
+        if run_dir is None and is_journal_file(target) and RunDir(beside).config_path.is_file():
+            run_dir = beside  # the run's own journal: its trials belong in that run
         run = RunDir(run_dir_of(config, run_dir)).create()
         if not run.config_path.is_file():
             atomic_write_text(run.config_path, cfg.dump(config))

@@ -133,6 +133,35 @@ def test_worker_joins_from_run_dir(tiny_space, tmp_path):
     _assert_exact(_study(run), 6)
 
 
+def test_asking_fewer_trials_than_are_done_keeps_the_count_true(tiny_space, tmp_path):
+    from ranksearch.app import status_text
+
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--quiet"])
+    with pytest.warns(UserWarning, match="already holds 2 complete trials, more than the 1"):
+        cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(run), "--trials", "1",
+                  "--quiet"])
+    assert "trials: 2 complete of 2," in status_text(run)
+    assert "trials: 2" in (run / "config.yaml").read_text()
+
+
+def test_a_worker_joining_by_a_runs_journal_works_in_that_run(tiny_space, tmp_path,
+                                                               monkeypatch):
+    """`ranksearch worker RUN/study.journal`: the trials belong in RUN, not in a new
+    runs/NAME of the working directory (export from RUN found no files for them)."""
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(tmp_path / "run"),
+              "--quiet"])
+    study = _study(tmp_path / "run")
+    study.set_user_attr("n_trials", 2)  # one more trial, for the worker
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli.main(["worker", str(tmp_path / "run" / "study.journal"), "--quiet"])
+    assert not (elsewhere / "runs").exists()
+    assert len(_complete(study)) == 2
+    assert (tmp_path / "run" / "trials" / "1" / "metrics.json").is_file()
+
+
 def test_workers_never_share_a_sampler_stream():
     """Worker 0 starting after one trial and worker 1 starting first once got the same seed
     (seed + worker + trials) and suggested the same points on PostgreSQL."""
