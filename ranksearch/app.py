@@ -263,6 +263,7 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
 def status_text(run_dir: str | Path) -> str:
     """Counts of trials by state and the current Pareto front, as text."""
     from .report.pareto import pareto_front, trials_frame
+    from .report.text import STATE_WORDS
 
     run, config, study = open_run_study(run_dir)
     trials = study.get_trials(deepcopy=False)
@@ -302,8 +303,13 @@ def status_text(run_dir: str | Path) -> str:
             lines.append(f"  trial {int(row.number):>4}  {row.accuracy:.4f}  {int(row.flops):>12,}"
                          f"  {row.flops_reduction:.2f}x")
     failed = [t for t in trials if t.state.name == "FAIL"]
+    reruns = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     for t in failed[-5:]:
-        lines.append(f"  failed trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}")
+        rerun = reruns.get(t.number)
+        after = (f" (rerun as trial {rerun.number}: {STATE_WORDS[rerun.state.name]})"
+                 if rerun is not None and rerun.number != t.number else "")
+        lines.append(f"  failed trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}"
+                     + after)
     return "\n".join(lines)
 
 

@@ -314,3 +314,21 @@ def test_a_promoted_trial_given_back_on_ctrl_c_stays_promoted():
     assert queued.state == optuna.trial.TrialState.WAITING
     assert queued.user_attrs == {**origin, "retry_of": 0}
     assert queued.system_attrs["fixed_params"] == {"x": 0.5}
+
+
+def test_status_says_what_became_of_a_failed_trials_rerun(tiny_space, tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from ranksearch.app import status_text
+    from ranksearch.search.study import open_run_study
+
+    run = tmp_path / "run"
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(run), "--quiet"])
+    study = open_run_study(run)[2]
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.5},
+                                 distributions={"x": FloatDistribution(0, 1)},
+                                 user_attrs={"fail_reason": "interrupted; parameters requeued"}))
+    study.enqueue_trial({"x": 0.5}, user_attrs={"retry_of": 1})
+    assert ("failed trial 1: interrupted; parameters requeued (rerun as trial 2: queued)"
+            in status_text(run))
