@@ -132,3 +132,22 @@ def test_a_setting_that_names_no_layer_or_a_bad_threshold_is_an_error(call, mess
         call(model)
     # A prefix of a layer's dotted name is fine, as is a pattern matching a kept-dense layer.
     svd.prune_by_energy(svd.decompose(model, exclude="fc.*"), {"features": 0.5})
+
+
+@pytest.mark.parametrize("mode", ["auto", "factored", "dense"])
+def test_a_pruned_svd_model_compiles_into_one_graph(mode) -> None:
+    """torch.compile through SVD training and fine-tuning: the kept rank is data (a mask),
+    which no branch or tensor size of a compiled forward may depend on."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(32 * 8 * 8, 10))
+    model = svd.decompose(net, forward_mode=mode)
+    svd.prune_by_energy(model, 0.2)
+    assert any(layer.rank < layer.full_rank for layer in svd.svd_layers(model).values())
+    x = torch.randn(4, 3, 8, 8)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, model(x))
+    assert model[0].U.grad is not None

@@ -177,13 +177,21 @@ class SVDLayer(nn.Module):
     # -- forward --------------------------------------------------------------------------
 
     def _factored_indices(self) -> torch.Tensor | None:
-        """Kept indices, or ``None`` when every singular value is kept (no gather needed)."""
+        """Kept indices, or ``None`` when every singular value is kept (no gather needed) or
+        under ``torch.compile``, which cannot size a tensor by the mask's content: the full
+        width with the pruned values zeroed is the same product."""
+        if torch.compiler.is_compiling():
+            return None
         kept = self.kept_indices()
         return None if kept.numel() == self.full_rank else kept
 
     def uses_factored(self, input_shape: Sequence[int]) -> bool:
         """Whether ``forward`` runs the factored pair for an input of ``input_shape``."""
         if self.forward_mode == "auto":
+            # Under torch.compile the kept rank is data that no branch may depend on (a graph
+            # break at every layer, and a failure once pruned): the exact dense rebuild.
+            if torch.compiler.is_compiling():
+                return False
             return self.factored_flops(input_shape) < self.dense_flops(input_shape)
         return self.forward_mode == "factored"
 
