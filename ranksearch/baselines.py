@@ -330,7 +330,9 @@ def prune_to_flops(
         current, reached = ranking.closest(target, guess, limit)
         break
     pruned = current.model
-    pruned.train(model.training)
+    modes = {name: module.training for name, module in model.named_modules()}
+    for name, module in pruned.named_modules():  # each module's, not one flag for all
+        module.training = modes.get(name, model.training)
     achieved = base / current.flops
     if current.flops == base:
         raise RuntimeError(

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .conventions import FLOPS_CONVENTION
 from .svd.compact import fastest_seconds, pass_seconds
+from .svd.inference import eval_mode
 
 __all__ = ["FLOPS_CONVENTION", "flops", "params", "latency", "fastest_passes", "example_input",
            "is_channels_last", "num_threads"]
@@ -55,18 +56,14 @@ def is_channels_last(model: nn.Module) -> bool:
 def flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass of ``model`` on one input of shape ``input_shape`` (C, H, W).
 
-    The model is run in eval mode under ``torch.no_grad``; its training mode is restored after.
+    The model is run in eval mode under ``torch.no_grad``; each module's training mode is
+    restored after.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        # The random input must not move the caller's random stream.
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
-            model(example_input(model, input_shape, 1))
-        return int(counter.get_total_flops())
-    finally:
-        model.train(was_training)
+    counter = FlopCounterMode(display=False)
+    # The random input must not move the caller's random stream.
+    with eval_mode(model), torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
+        model(example_input(model, input_shape, 1))
+    return int(counter.get_total_flops())
 
 
 def params(model: nn.Module) -> int:

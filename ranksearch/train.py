@@ -33,6 +33,7 @@ from .config import Schedule
 from .data import Dataset
 from .errors import UserError
 from .precision import autocast, fp32_batch_norms, resolve_precision
+from .svd.inference import eval_mode
 
 __all__ = [
     "Phase", "PhaseName", "TrainLoop", "Metric", "Diverged", "MetricFailed", "FitResult", "fit",
@@ -299,14 +300,9 @@ def evaluate(
             number in [0, 1].
     """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with autocast(device, precision):
-            value: Any = (metric or top1_accuracy)(
-                model, _SplitBatches(data, split, batch_size, samples))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), autocast(device, precision):
+        value: Any = (metric or top1_accuracy)(
+            model, _SplitBatches(data, split, batch_size, samples))
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)

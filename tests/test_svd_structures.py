@@ -151,3 +151,34 @@ def test_a_pruned_svd_model_compiles_into_one_graph(mode) -> None:
     out.sum().backward()
     torch.testing.assert_close(out, model(x))
     assert model[0].U.grad is not None
+
+
+def test_measuring_a_model_leaves_each_modules_mode_as_it_was() -> None:
+    """Fine-tuning with frozen batch norms: the model trains, its norms stay in eval mode.
+    Counting FLOPs or planning the compaction must not set the norms training again."""
+    from ranksearch import measure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+    model = svd.decompose(net).train()
+    for norm in (model[1], model[4]):
+        norm.eval()
+    modes = [m.training for m in model.modules()]
+    measure.flops(model, (3, 8, 8))
+    svd.compaction_plan(model, example_input=torch.randn(1, 3, 8, 8))
+    compact = svd.compact(model, example_input=torch.randn(1, 3, 8, 8))
+    assert [m.training for m in model.modules()] == modes
+    assert compact.training and not compact[1].training and not compact[4].training
+
+
+def test_a_pruned_copy_keeps_each_modules_mode() -> None:
+    from ranksearch import baselines
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).train()
+    net[1].eval()
+    pruned = baselines.prune_to_flops(net, (3, 8, 8), "l1", 1.5)
+    assert pruned.training and not pruned[1].training and pruned[4].training

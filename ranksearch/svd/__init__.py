@@ -20,7 +20,7 @@ from .compact import (
 )
 from .conv import SVDConv2d
 from .decompose import decomposable, decompose, summary, svd_layers
-from .inference import fold_batchnorm, for_inference, to_channels_last
+from .inference import eval_mode, fold_batchnorm, for_inference, to_channels_last
 from .layers import SCHEMES, DenseConv2d, DenseLinear, SVDLayer, SVDLinear
 from .prune import prune_by_energy, ranks_at_energy, set_ranks, unprune
 from .regularizers import SPARSITY_KINDS, orthogonality_loss, sparsity_loss
@@ -39,6 +39,7 @@ __all__ = [
     "compaction_plan",
     "decompose",
     "decomposable",
+    "eval_mode",
     "fold_batchnorm",
     "for_inference",
     "orthogonality_loss",

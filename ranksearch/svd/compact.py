@@ -61,7 +61,7 @@ from torch import nn
 
 from .conv import SVDConv2d, _pair, factored_geometry, thin_kernel_sizes
 from .decompose import replace_module, svd_layers
-from .inference import to_channels_last
+from .inference import eval_mode, to_channels_last
 from .layers import DenseConv2d, DenseLinear, Scheme, SVDLayer, SVDLinear
 from .prune import ranked_indices
 
@@ -299,12 +299,10 @@ def _layer_inputs(
         return hook
 
     handles = [layer.register_forward_pre_hook(record(name)) for name, layer in layers.items()]
-    was_training = model.training
-    model.eval()
     try:
-        model(example_input)
+        with eval_mode(model):
+            model(example_input)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return inputs

@@ -8,8 +8,10 @@ mode. :func:`fold_batchnorm` alone does the fold.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+from collections.abc import Iterator
 
 import torch
 import torch.fx
@@ -17,7 +19,22 @@ from torch import nn
 
 from .layers import DenseConv2d, SVDLayer
 
-__all__ = ["fold_batchnorm", "for_inference", "to_channels_last"]
+__all__ = ["eval_mode", "fold_batchnorm", "for_inference", "to_channels_last"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode while the block runs, then every submodule back in the mode it
+    was in. ``model.train(was_training)`` would set them all alike, and a fine-tuning setup
+    (a model in train mode with its batch norms frozen in eval mode) would get its norms
+    updating their statistics again."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
