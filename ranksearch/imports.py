@@ -28,8 +28,14 @@ class ImportFailed(UserError):
 
 
 def _module_from_file(path: Path) -> Any:
-    # One module per file, named by the file's resolved path, so that two scripts with the
-    # same stem do not shadow each other and a second resolve() reuses the first import.
+    # The module this process already imported from that file, if any (the launching script's
+    # own `import toy_task`): running its top level again would make a second copy.
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).name == path.name and Path(file).resolve() == path:
+            return module
+    # Else one module per file, named by the file's resolved path, so that two scripts with
+    # the same stem do not shadow each other and a second resolve() reuses the first import.
     name = "_ranksearch_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
@@ -121,5 +127,18 @@ def spec_of(function: Callable[..., Any], what: str) -> str:
         # process; the workers import it.
         return f"{Path(main_file).resolve()}:{qualname}"
     spec = f"{module_name}:{qualname}"
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if "." not in module_name and file and Path(file).resolve().parent in _folders_of_this_run():
+        # A module beside the script (or in the working directory) imports by name only from
+        # there: export, load and report, run elsewhere later, find it by its file.
+        spec = f"{Path(file).resolve()}:{qualname}"
     resolve(spec, what)
     return spec
+
+
+def _folders_of_this_run() -> set[Path]:
+    """The folders only this process imports from: the script's and the working directory."""
+    folders = {Path.cwd().resolve()}
+    if sys.path and sys.path[0]:
+        folders.add(Path(sys.path[0]).resolve())
+    return folders

@@ -97,7 +97,9 @@ def _space(tiny_space, **overrides) -> dict:
 
 
 def _spec(function) -> str:
-    return f"{__name__}:{function.__name__}"
+    # This module imports by name only with its folder first on sys.path (as pytest puts it):
+    # a study names its functions by the file, as it would a module beside a user's script.
+    return f"{Path(__file__).resolve()}:{function.__name__}"
 
 
 # --- the Phase contract --------------------------------------------------------------------
@@ -226,7 +228,7 @@ def test_report_names_the_metric(synthetic_study, tmp_path) -> None:
 
 
 # --- the Python entry points ---------------------------------------------------------------
-def test_study_config_names_functions_by_import_string(tiny_space) -> None:
+def test_study_config_names_functions_so_any_process_imports_them(tiny_space) -> None:
     config = api.study_config(_space(tiny_space), model=tiny_model, train_loop=recording_loop,
                               evaluate=samples_over_1000, trials=3)
     assert config.model.name == _spec(tiny_model)
@@ -361,3 +363,11 @@ def test_a_study_refuses_to_resume_once_the_users_code_changed(tiny_space, tmp_p
                     capsys)
     assert "the code of the training loop or metric, changed since" in err.splitlines()[-1]
     assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+
+
+def test_a_function_of_an_installed_package_keeps_its_import_name() -> None:
+    from ranksearch.imports import spec_of
+    from ranksearch.train import top1_accuracy
+
+    assert spec_of(top1_accuracy, "metric") == "ranksearch.train:top1_accuracy"
+    assert spec_of(tiny_model, "model factory") == _spec(tiny_model)
