@@ -47,6 +47,8 @@ def make_backend(name: str = "optuna", *, workers: int = 1, address: str | None 
                  gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0) -> Backend:
     """The backend ``name`` (``optuna`` or ``ray``); ``workers`` is the number of worker
     processes (optuna) or of concurrent trials (ray)."""
+    if name not in ("optuna", "ray"):
+        raise cfg.ConfigError(f"backend: expected 'optuna' or 'ray', got {name!r}")
     # The backends import the training stack (and Ray); status, report and export do not.
     if name == "ray":
         from .search.ray_backend import RayBackend

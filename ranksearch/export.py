@@ -41,9 +41,9 @@ def _describe(rows: pd.DataFrame) -> str:
     )
 
 
-def parse_max_flops(value: str, reference_flops: float) -> float:
+def parse_max_flops(value: str | float, reference_flops: float) -> float:
     """``"4x"`` is a reduction of the reference's FLOPs; a plain number is absolute FLOPs."""
-    text = value.strip().lower()
+    text = str(value).strip().lower()
     try:
         if text.endswith("x"):
             factor = float(text[:-1])
@@ -61,9 +61,13 @@ def parse_max_flops(value: str, reference_flops: float) -> float:
 
 def select_trial(
     trials: pd.DataFrame, front: pd.DataFrame, reference_flops: float, *,
-    trial: int | None = None, max_flops: str | None = None, min_accuracy: float | None = None,
+    trial: int | None = None, max_flops: str | float | None = None,
+    min_accuracy: float | None = None,
 ) -> int:
-    """The trial number a selection names (see ``ranksearch export --help``)."""
+    """The trial number a selection names (see ``ranksearch export --help``): exactly one of
+    ``trial``, ``max_flops`` and ``min_accuracy``."""
+    if sum(choice is not None for choice in (trial, max_flops, min_accuracy)) != 1:
+        raise ExportError("name exactly one of trial, max_flops and min_accuracy")
     if trial is not None:
         rows = trials[(trials["kind"] == "svd") & (trials["number"] == trial)]
         if rows.empty:
@@ -98,8 +102,10 @@ def select_trial(
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None,
-               max_flops: str | None = None, min_accuracy: float | None = None) -> Path:
-    """Select a trial of the study in ``run_dir`` and export it to ``out``."""
+               max_flops: str | float | None = None, min_accuracy: float | None = None
+               ) -> Path:
+    """Select a trial of the study in ``run_dir`` (exactly one of ``trial``, ``max_flops``:
+    FLOPs or a reduction such as ``"4x"``, and ``min_accuracy``) and export it to ``out``."""
     from .report.pareto import pareto_front, trials_frame
     from .search.study import open_run_study
 

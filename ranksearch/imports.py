@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,12 +110,17 @@ def spec_of(function: Callable[..., Any], what: str) -> str:
     if isinstance(function, str):
         resolve(function, what)
         return function
+    if not (inspect.isroutine(function) or inspect.isclass(function)):
+        raise ImportFailed(
+            f"{what}: expected the function that builds or computes it, got a "
+            f"{type(function).__name__} object (pass make_model, not make_model())")
     module_name = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", None)
     if not module_name or not qualname or "<" in qualname:
         raise ImportFailed(
-            f"{what} {function!r} cannot be imported by worker processes: pass a function "
-            "defined at the top level of a module or script (not a lambda or a nested function)"
+            f"{what} {qualname or function!r} cannot be imported by worker processes: pass a "
+            "function defined at the top level of a module or script (not a lambda or a nested "
+            "function)"
         )
     if module_name == "__main__":
         main_file = getattr(sys.modules["__main__"], "__file__", None)

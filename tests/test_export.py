@@ -227,3 +227,14 @@ def test_an_off_front_export_warns_in_one_line(finished_run, tmp_path):
     assert done.stderr.splitlines() == [
         f"ranksearch: warning: trial {off_front[0]} is not on the Pareto front (another trial "
         "is at least as good in both objectives); exporting it as asked"]
+
+
+def test_export_run_from_python_takes_numbers_and_one_selection(finished_run, tmp_path):
+    from ranksearch.export import ExportError, export_run
+
+    with pytest.raises(ExportError, match="exactly one of trial, max_flops and min_accuracy"):
+        export_run(finished_run, tmp_path / "none")
+    with pytest.raises(ExportError, match="exactly one of trial, max_flops and min_accuracy"):
+        export_run(finished_run, tmp_path / "two", trial=0, max_flops="2x")
+    out = export_run(finished_run, tmp_path / "big", max_flops=10**12)
+    assert (out / "model.safetensors").is_file()

@@ -371,3 +371,16 @@ def test_a_function_of_an_installed_package_keeps_its_import_name() -> None:
 
     assert spec_of(top1_accuracy, "metric") == "ranksearch.train:top1_accuracy"
     assert spec_of(tiny_model, "model factory") == _spec(tiny_model)
+
+
+def test_a_model_instead_of_its_factory_or_a_misspelt_backend_is_one_line(tiny_space) -> None:
+    from ranksearch.app import make_backend
+
+    model = tiny_model()
+    with pytest.raises(ImportFailed) as failed:
+        api.study_config(_space(tiny_space), model=model)
+    assert str(failed.value) == (f"model factory: expected the function that builds or "
+                                 f"computes it, got a {type(model).__name__} object (pass "
+                                 "make_model, not make_model())")
+    with pytest.raises(cfg.ConfigError, match="backend: expected 'optuna' or 'ray', got 'optuan'"):
+        make_backend("optuan")
