@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 
 # Imported on first use: ``import ranksearch`` stays free of torch and Optuna.
 _EXPORTS = {"optimize": "api", "report_run": "api", "export_run": "export"}
+#: The public modules, reachable as ``ranksearch.svd`` after a plain ``import ranksearch``.
+_MODULES = ("api", "baselines", "export", "measure", "models", "svd")
 
 __all__ = ["__version__", "load", *_EXPORTS]
 
@@ -37,10 +39,12 @@ def load(export_dir, *, deployed=True):  # noqa: ANN001, ANN201 - see ranksearch
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_EXPORTS, *_MODULES})

@@ -182,3 +182,22 @@ def test_a_pruned_copy_keeps_each_modules_mode() -> None:
     net[1].eval()
     pruned = baselines.prune_to_flops(net, (3, 8, 8), "l1", 1.5)
     assert pruned.training and not pruned[1].training and pruned[4].training
+
+
+def test_the_orthogonality_term_is_fp32_under_a_callers_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = svd.decompose(nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = svd.orthogonality_loss(model)
+        inside.backward()
+    assert inside.dtype == torch.float32 and inside.item() < 1e-9  # exact SVD: orthonormal
+    assert model[0].U.grad.abs().max() < 1e-6
+
+
+def test_the_public_modules_are_attributes_of_the_package() -> None:
+    import subprocess
+    import sys
+
+    code = ("import ranksearch; ranksearch.svd.decompose; ranksearch.measure.flops; "
+            "ranksearch.baselines.prune_to_flops; ranksearch.models.create")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -38,6 +38,13 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
     layers = list(svd_layers(model).values())
     if not layers:
         return _zero(model)
+    # Never in bf16, even under a caller's autocast: UᵀU would round its diagonal to about
+    # 4e-3, the size of what this term measures.
+    with torch.autocast(layers[0].U.device.type, enabled=False):
+        return _orthogonality(layers)
+
+
+def _orthogonality(layers: list[SVDLayer]) -> torch.Tensor:
     total = None
     for factor in ("U", "V"):
         groups: dict[tuple, list[SVDLayer]] = defaultdict(list)
@@ -77,7 +84,8 @@ class _MaskedOrthogonalityDeviation(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         masked, deviation = ctx.saved_tensors
-        grads = (masked @ deviation) * (4 * grad).view(-1, 1, 1)
+        with torch.autocast(masked.device.type, enabled=False):  # a backward under autocast
+            grads = (masked @ deviation) * (4 * grad).view(-1, 1, 1)
         return (None, *grads.unbind(0))
 
 
