@@ -348,6 +348,9 @@ def test_write_report_writes_every_file(study: optuna.Study, run_dir: Path, tmp_
 
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 1 + len(TRIALS) + len(BASELINES)
+    # Counts as integers: a trial number to pass to `export --trial`, not "0.0".
+    text = (out / "trials.csv").read_text()
+    assert re.search(r"^svd,0,COMPLETE,complete,0\.9\d*,0\.9\d*,20000000,", text, re.M), text
     assert trials["kind"].value_counts().to_dict() == {
         "svd": 13,
         "baseline:l1": 2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pandas as pd
 
 from ranksearch.report.data import MAX_DOMINATED_POINTS, report_data
 from ranksearch.report.markdown import summary
@@ -41,11 +42,22 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_data(study, run_dir, title=title, model=model, dataset=dataset,
                        metric=metric, max_dominated=max_dominated)
-    atomic_write_text(out_dir / "trials.csv", data.trials.to_csv(index=False))
-    atomic_write_text(out_dir / "pareto.csv", data.front.to_csv(index=False))
+    atomic_write_text(out_dir / "trials.csv", _counts_as_integers(data.trials).to_csv(index=False))
+    atomic_write_text(out_dir / "pareto.csv", _counts_as_integers(data.front).to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", summary(data))
     atomic_write_bytes(out_dir / "pareto.png", png(data.chart, data.title, data.metric))
     index = out_dir / "index.html"
     # The page last: its presence means the report is whole.
     atomic_write_text(index, page(data))
     return index
+
+
+#: Columns that count something: floats in the frame (a missing value is NaN), integers in
+#: the files, where a trial number read "5.0" and ``export --trial 5.0`` was refused.
+_COUNT_COLUMNS = ("number", "flops", "params", "epochs", "spectrum_rank_before",
+                  "spectrum_rank_after")
+
+
+def _counts_as_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    counts = [c for c in _COUNT_COLUMNS if c in frame and (frame[c].dropna() % 1 == 0).all()]
+    return frame.astype({c: "Int64" for c in counts})
