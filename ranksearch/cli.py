@@ -81,11 +81,16 @@ def cmd_report(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from . import config as cfg
     from .export import export_run
+    from .runs import read_json
 
     out = export_run(args.run_dir, args.out, trial=args.trial, max_flops=args.max_flops,
                      min_accuracy=args.min_accuracy)
-    print(f"exported to {out}")
+    metrics, metric = read_json(out / "metrics.json"), cfg.load(out / "config.yaml").metric.name
+    print(f"exported trial {metrics['trial']} (validation {metric} "
+          f"{100 * metrics['accuracy']:.2f} %, {metrics['flops_reduction']:.2f}x fewer FLOPs) "
+          f"to {out}")
 
 
 def cmd_latency(args) -> None:

@@ -23,7 +23,7 @@ from . import models, svd
 from .conventions import FLOPS_CONVENTION
 from .errors import UserError
 from .report.text import STATE_WORDS
-from .runs import atomic_write_text, load_state, read_json
+from .runs import atomic_write_text, load_state, read_json, write_json
 
 __all__ = ["ExportError", "select_trial", "export_run", "export_trial", "load"]
 
@@ -160,6 +160,8 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
         plan = read_json(staging / "plan.json")
         _write_onnx(model, plan["input_shape"], staging / "model.onnx")
         metrics = read_json(trial_dir / "metrics.json")
+        # The trial's measured numbers, machine-readable, and which trial they are.
+        write_json(staging / "metrics.json", {"trial": trial_dir.name, **metrics})
         metric = cfg.load(staging / "config.yaml").metric.name
         layer_order = [name for name, _ in model.named_modules()]
         atomic_write_text(staging / "README.md",

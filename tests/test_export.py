@@ -31,10 +31,16 @@ def finished_run(tmp_path_factory):
 def test_export_load_onnx_and_train(finished_run, tmp_path, capsys):
     out = tmp_path / "best"
     number = 0
+    capsys.readouterr()
     cli.main(["export", str(finished_run), "--trial", str(number), "--out", str(out)])
-    for name in ("config.yaml", "plan.json", "model.safetensors", "model.onnx", "README.md"):
+    for name in ("config.yaml", "plan.json", "model.safetensors", "model.onnx", "README.md",
+                 "metrics.json"):
         assert (out / name).is_file(), name
     trial_metrics = read_json(finished_run / "trials" / str(number) / "metrics.json")
+    assert read_json(out / "metrics.json") == {"trial": str(number), **trial_metrics}
+    assert capsys.readouterr().out == (
+        f"exported trial {number} (validation accuracy {100 * trial_metrics['accuracy']:.2f} %, "
+        f"{trial_metrics['flops_reduction']:.2f}x fewer FLOPs) to {out}\n")
     # A deployment normalises its inputs as training did: the export says how.
     from ranksearch.datasets.base import STATS
 
