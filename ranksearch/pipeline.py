@@ -11,6 +11,7 @@ on an entry, so each is computed once.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +242,9 @@ def reference(
             model.load_state_dict(user_weights(config.model.weights, device))
             train_seconds, epochs = 0.0, 0
         else:
+            if progress:  # its bar shows on a terminal only: say what the wait is for
+                print(f"training the dense reference ({config.schedule.reference.epochs} "
+                      "epochs; cached for every trial)", file=sys.stderr, flush=True)
             try:
                 with user_code_errors(config, "training"):
                     result = train(config, model, "reference", config.schedule.reference,

@@ -259,3 +259,12 @@ def test_another_study_in_the_same_run_directory_is_refused(tiny_space, tmp_path
     assert optuna.get_all_study_names(
         optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
             str(run / "study.journal")))) == ["tiny"]
+
+
+def test_a_search_says_when_it_trains_the_reference(tiny_space, tmp_path, capsys):
+    """Its progress bar shows on a terminal only: in a log the wait needs a line too."""
+    cli.main(["search", str(tiny_space(trials=1)), "--run-dir", str(tmp_path / "run")])
+    assert "training the dense reference (2 epochs; cached for every trial)" in (
+        capsys.readouterr().err)
+    cli.main(["search", str(tiny_space(trials=2)), "--run-dir", str(tmp_path / "run")])
+    assert "training the dense reference" not in capsys.readouterr().err
