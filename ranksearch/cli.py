@@ -244,7 +244,11 @@ _python_format_warning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: what there is to run
+        parser.print_help(sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
     import signal
 

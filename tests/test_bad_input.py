@@ -70,6 +70,14 @@ def _no_training(*args, **kwargs):
     raise AssertionError("training started on a malformed config")
 
 
+def test_no_command_prints_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ranksearch") and "quickstart" in err and "export" in err
+
+
 def test_missing_file(tmp_path, capsys):
     err = cli_error(["search", str(tmp_path / "nope.yaml")], capsys)
     assert "nope.yaml: no such file" in err
