@@ -71,6 +71,7 @@ def summary(data: ReportData) -> str:
         else "- Dense reference: not recorded in the study."
     )
     trials_run, states = text.trial_counts(data.state_counts)
+    excluded = int((data.excluded["kind"] == "svd").sum())
     baselines = df[df["kind"].str.startswith("baseline:")]
     methods = sorted(baselines["method"].value_counts().items())
     reduction = data.reduction
@@ -80,12 +81,12 @@ def summary(data: ReportData) -> str:
         data.subtitle,
         "",
         ref_line,
-        f"- SVD trials: {trials_run:,} ({states}); "
-        f"{int((data.excluded['kind'] == 'svd').sum())} failed, pruned, truncated, "
-        "diverged or outside the constraints, never on the front.",
+        f"- SVD trials: {trials_run:,} ({states})"
+        + (f"; {excluded} failed, pruned, truncated, diverged or outside the constraints, "
+           "never on the front." if excluded else "."),
         f"- Pareto front: {len(data.front)} points (pareto.csv).",
         f"- Baseline runs: {len(baselines)}"
-        + (" (" + ", ".join(f"{m} {n}" for m, n in methods) + ")" if len(baselines) else "")
+        + (" (" + ", ".join(f"{n} {m}" for m, n in methods) + ")" if len(baselines) else "")
         + ".",
         *(f"- Failed baseline run, never drawn: {row.method} {row.target:g}x: {row.reason}."
           for row in data.excluded.itertuples() if row.kind != "svd"),
