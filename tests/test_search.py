@@ -242,6 +242,11 @@ def test_a_resume_without_storage_continues_where_the_study_lives(tiny_space, tm
                   "--trials", "3", "--quiet"])
     assert ("run: its study lives in sqlite:///" in capsys.readouterr().err)
     assert not (tmp_path / "other.db").exists()
+    # Its own journal, named by a relative path, is the same storage.
+    cli.main(["search", str(space), "--run-dir", "journal-run", "--quiet"])
+    cli.main(["search", str(space), "--run-dir", "journal-run", "--storage",
+              "journal-run/study.journal", "--trials", "2", "--quiet"])
+    assert len(_complete(_study(tmp_path / "journal-run"))) == 2
 
 
 def test_another_study_in_the_same_run_directory_is_refused(tiny_space, tmp_path, capsys):

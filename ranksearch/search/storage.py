@@ -65,11 +65,11 @@ def storage_url(run: RunDir, url: str | None) -> str:
     if run.storage_path.is_file():
         where = run.storage_path.read_text().strip()  # password masked
     elif run.journal_path.is_file():
-        where = str(run.journal_path)
+        where = absolute_url(str(run.journal_path))
     else:
         return given or str(run.journal_path)
     if given is None:
-        return run_storage_url(run) if run.storage_path.is_file() else where
+        return run_storage_url(run) if run.storage_path.is_file() else str(run.journal_path)
     if cfg.mask_url(given) != where:
         raise StorageError(
             f"{run.path}: its study lives in {where}, not {cfg.mask_url(given)}; resume it "
