@@ -112,8 +112,9 @@ def spec_of(function: Callable[..., Any], what: str) -> str:
         return function
     if not (inspect.isroutine(function) or inspect.isclass(function)):
         raise ImportFailed(
-            f"{what}: expected the function that builds or computes it, got a "
-            f"{type(function).__name__} object (pass make_model, not make_model())")
+            f"{what}: expected a function (or class) defined at the top level of a module or "
+            f"script, got a {type(function).__name__} object (pass make_model, not "
+            "make_model())")
     module_name = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", None)
     if not module_name or not qualname or "<" in qualname:
@@ -143,8 +144,10 @@ def spec_of(function: Callable[..., Any], what: str) -> str:
 
 
 def _folders_of_this_run() -> set[Path]:
-    """The folders only this process imports from: the script's and the working directory."""
+    """The folders only this process imports from: the launching script's and the working
+    directory. (Not ``sys.path[0]``: libraries insert their own folders there, Ray does.)"""
     folders = {Path.cwd().resolve()}
-    if sys.path and sys.path[0]:
-        folders.add(Path(sys.path[0]).resolve())
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if script:
+        folders.add(Path(script).resolve().parent)
     return folders

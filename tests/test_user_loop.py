@@ -97,9 +97,7 @@ def _space(tiny_space, **overrides) -> dict:
 
 
 def _spec(function) -> str:
-    # This module imports by name only with its folder first on sys.path (as pytest puts it):
-    # a study names its functions by the file, as it would a module beside a user's script.
-    return f"{Path(__file__).resolve()}:{function.__name__}"
+    return f"{__name__}:{function.__name__}"
 
 
 # --- the Phase contract --------------------------------------------------------------------
@@ -228,7 +226,7 @@ def test_report_names_the_metric(synthetic_study, tmp_path) -> None:
 
 
 # --- the Python entry points ---------------------------------------------------------------
-def test_study_config_names_functions_so_any_process_imports_them(tiny_space) -> None:
+def test_study_config_names_functions_by_import_string(tiny_space) -> None:
     config = api.study_config(_space(tiny_space), model=tiny_model, train_loop=recording_loop,
                               evaluate=samples_over_1000, trials=3)
     assert config.model.name == _spec(tiny_model)
@@ -379,8 +377,30 @@ def test_a_model_instead_of_its_factory_or_a_misspelt_backend_is_one_line(tiny_s
     model = tiny_model()
     with pytest.raises(ImportFailed) as failed:
         api.study_config(_space(tiny_space), model=model)
-    assert str(failed.value) == (f"model factory: expected the function that builds or "
-                                 f"computes it, got a {type(model).__name__} object (pass "
-                                 "make_model, not make_model())")
+    assert str(failed.value) == (f"model factory: expected a function (or class) defined at "
+                                 "the top level of a module or script, got a "
+                                 f"{type(model).__name__} object (pass make_model, not "
+                                 "make_model())")
     with pytest.raises(cfg.ConfigError, match="backend: expected 'optuna' or 'ray', got 'optuan'"):
         make_backend("optuan")
+
+
+def test_a_module_beside_the_script_is_named_by_its_file(tmp_path, monkeypatch) -> None:
+    """Importable by name only from its folder: export, load and report, run later from
+    another folder, find it by its file, whatever a library put first on sys.path since."""
+    import importlib
+    import sys
+
+    from ranksearch.imports import spec_of
+
+    (tmp_path / "beside_the_script.py").write_text("def make_model():\n    return None\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(tmp_path / "run.py"),
+                        raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as Python puts the script's folder
+    module = importlib.import_module("beside_the_script")
+    monkeypatch.setattr(sys, "path", ["/elsewhere/thirdparty_files", *sys.path])  # as Ray does
+    assert spec_of(module.make_model, "model factory") == (
+        f"{(tmp_path / 'beside_the_script.py').resolve()}:make_model")
+    monkeypatch.delitem(sys.modules, "beside_the_script")
