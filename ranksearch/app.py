@@ -204,7 +204,12 @@ def _require_same_study(run: RunDir, config: cfg.StudyConfig) -> None:
     try:
         recorded = cfg.load(run.config_path).name if run.config_path.is_file() else None
     except cfg.ConfigError:  # a damaged config.yaml is written again by this search
-        return
+        recorded = None
+    if recorded is None and run.journal_path.is_file():  # config.yaml deleted: ask the study
+        import optuna
+
+        names = optuna.get_all_study_names(open_storage(str(run.journal_path)))
+        recorded = names[0] if names and config.name not in names else None
     if recorded is not None and recorded != config.name:
         raise cfg.ConfigError(
             f"{run.path} holds the study {recorded!r}; the study {config.name!r} needs a run "
@@ -255,7 +260,8 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
         run = RunDir(run_dir_of(config, run_dir)).create()
         if not run.config_path.is_file():
             atomic_write_text(run.config_path, cfg.dump(config))
-        if not run.storage_path.is_file():  # later commands on this run find the study
+        own = absolute_url(url) == absolute_url(str(run.journal_path))
+        if not run.storage_path.is_file() and not own:  # later commands find the study
             write_storage_note(run, url)
     done = run_worker(config, run, url, worker=worker, progress=progress)
     run_baselines(config, run, progress=progress)

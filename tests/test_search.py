@@ -158,6 +158,7 @@ def test_a_worker_joining_by_a_runs_journal_works_in_that_run(tiny_space, tmp_pa
     monkeypatch.chdir(elsewhere)
     cli.main(["worker", str(tmp_path / "run" / "study.journal"), "--quiet"])
     assert not (elsewhere / "runs").exists()
+    assert not (tmp_path / "run" / "storage.txt").exists()  # its own journal: no note
     assert len(_complete(study)) == 2
     assert (tmp_path / "run" / "trials" / "1" / "metrics.json").is_file()
 
@@ -241,12 +242,18 @@ def test_a_resume_without_storage_continues_where_the_study_lives(tiny_space, tm
         cli.main(["search", str(space), "--run-dir", "run", "--storage", "sqlite:///other.db",
                   "--trials", "3", "--quiet"])
     assert ("run: its study lives in sqlite:///" in capsys.readouterr().err)
+    monkeypatch.setenv(STORAGE_ENV, "sqlite:///other.db")  # as --storage: checked alike
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(space), "--run-dir", "run", "--trials", "3", "--quiet"])
+    assert "run: its study lives in sqlite:///" in capsys.readouterr().err
+    monkeypatch.delenv(STORAGE_ENV)
     assert not (tmp_path / "other.db").exists()
     # Its own journal, named by a relative path, is the same storage.
     cli.main(["search", str(space), "--run-dir", "journal-run", "--quiet"])
     cli.main(["search", str(space), "--run-dir", "journal-run", "--storage",
               "journal-run/study.journal", "--trials", "2", "--quiet"])
     assert len(_complete(_study(tmp_path / "journal-run"))) == 2
+    assert not (tmp_path / "journal-run" / "storage.txt").exists()  # the run can be moved
 
 
 def test_another_study_in_the_same_run_directory_is_refused(tiny_space, tmp_path, capsys):
@@ -261,6 +268,10 @@ def test_another_study_in_the_same_run_directory_is_refused(tiny_space, tmp_path
     assert ("holds the study 'tiny'; the study 'renamed' needs a run directory of its own"
             in capsys.readouterr().err)
     assert (run / "trials" / "0" / "metrics.json").read_text() == before
+    (run / "config.yaml").unlink()  # the study itself still says whose run this is
+    with pytest.raises(SystemExit):
+        cli.main(["search", str(renamed), "--run-dir", str(run), "--quiet"])
+    assert "holds the study 'tiny'" in capsys.readouterr().err
     assert optuna.get_all_study_names(
         optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
             str(run / "study.journal")))) == ["tiny"]

@@ -61,19 +61,24 @@ def storage_url(run: RunDir, url: str | None) -> str:
         StorageError: ``url`` names another storage than the one the run's study lives in
             (the search would start a second study beside it).
     """
+    own = str(run.journal_path)
     given = absolute_url(url) if url else None
+    if given == absolute_url(own):
+        given = own  # the run's own journal: named as such, so the run can be moved
     if run.storage_path.is_file():
         where = run.storage_path.read_text().strip()  # password masked
+        given = given or run_storage_url(run)  # $RANKSEARCH_STORAGE too: checked as --storage
     elif run.journal_path.is_file():
-        where = absolute_url(str(run.journal_path))
+        where = own
     else:
-        return given or str(run.journal_path)
+        return given or own
     if given is None:
-        return run_storage_url(run) if run.storage_path.is_file() else str(run.journal_path)
+        return own
     if cfg.mask_url(given) != where:
         raise StorageError(
             f"{run.path}: its study lives in {where}, not {cfg.mask_url(given)}; resume it "
-            "without --storage, or start another run directory")
+            f"without --storage (and without ${STORAGE_ENV} naming another), or start another "
+            "run directory")
     return given
 
 
