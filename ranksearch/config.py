@@ -145,21 +145,21 @@ class TrialParams(Strict):
     scheme: Scheme = "channel"
     init: Init = "svd"
     decay: Decay = "hoyer"
-    lambda_o: float = Field(1.0, ge=0)
+    lambda_o: float = 1.0
     lambda_s: float | dict[str, float] = 0.0
     energy: float | dict[str, float] = 0.0
-    lr: PositiveFloat | None = None
+    lr: float | None = None
     """Overrides ``schedule.svd.lr`` (and the fine-tuning rate scaled alike) when searched."""
     svd_epochs: PositiveInt | None = None
     finetune_epochs: int | None = Field(None, ge=0)
     ranks: dict[str, int] | None = None
     """Exact kept ranks per layer (an exported trial); overrides ``energy`` when given."""
 
-    @field_validator("lambda_s", "energy")
+    @field_validator("lambda_o", "lambda_s", "energy", "lr")
     @classmethod
-    def _in_range(cls, value: float | dict[str, float], info: ValidationInfo
-                  ) -> float | dict[str, float]:
-        for v in value.values() if isinstance(value, dict) else [value]:
+    def _in_range(cls, value: float | dict[str, float] | None, info: ValidationInfo
+                  ) -> float | dict[str, float] | None:
+        for v in searchable_values(value) if value is not None else []:
             check_setting(info.field_name, v)
         return value
 

@@ -4,6 +4,7 @@ numeric settings may take."""
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class Range(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"a range needs finite ends, got {self.low:g} to {self.high:g}")
         if self.low > self.high:
             raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
         if self.log and self.low <= 0:
@@ -76,6 +79,8 @@ def check_setting(field: str, value: float) -> None:
     """Raise ValueError where ``value`` is not one a trial's ``field`` may take (``lambda_o``,
     ``lambda_s``, ``energy``, ``lr``): the rule for a trial's params and for a space's
     constants, choices and range ends alike."""
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value:g}")
     if field == "energy" and not 0 <= value < 1:
         raise ValueError(f"an energy threshold must be in [0, 1), got {value:g}")
     if field == "lr" and value <= 0:
