@@ -92,7 +92,7 @@ def _check_params(config: cfg.StudyConfig, dense: object, groups: dict[str, str]
         except pipeline.TrialFailed as err:
             raise cfg.ConfigError(f"params.{field}: {err}") from None
     if params.ranks:
-        # Random factors: only the layers' names and full ranks are wanted, not their SVD.
+        # Decomposed for the layers' names and full ranks only (one SVD per layer, seconds).
         shapes = svd.decompose(dense, scheme=params.scheme, init="random",
                                exclude=tuple(config.model.exclude))
         try:
@@ -315,7 +315,7 @@ def status_text(run_dir: str | Path) -> str:
     for t in failed[-5:]:
         rerun = reruns.get(t.number)
         after = (f" (rerun as trial {rerun.number}: {STATE_WORDS[rerun.state.name]})"
-                 if rerun is not None and rerun.number != t.number else "")
+                 if rerun is not None else "")
         lines.append(f"  failed trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}"
                      + after)
     return "\n".join(lines)

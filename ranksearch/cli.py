@@ -234,13 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     # ranksearch's own warnings are addressed to the user: one line, no source file or code.
-    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE):
+    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE + os.sep):
         return f"ranksearch: warning: {message}\n"
-    return _python_format_warning(message, category, filename, lineno, line)
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
 _PACKAGE = str(Path(__file__).resolve().parent)
-_python_format_warning = warnings.formatwarning
+_PYTHON_FORMAT = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,7 +249,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help(sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     args = parser.parse_args(argv)
-    warnings.formatwarning = _format_warning
     import signal
 
     import optuna
@@ -266,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    python_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         args.func(args)
     except UserError as err:
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{err.filename}: " if err.filename else ""
         print(f"ranksearch: error: {where}{err.strerror or err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    finally:  # main() called from Python (a test, a notebook) leaves the format as it was
+        warnings.formatwarning = python_format
 
 
 if __name__ == "__main__":

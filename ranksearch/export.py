@@ -161,7 +161,8 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
         _write_onnx(model, plan["input_shape"], staging / "model.onnx")
         metrics = read_json(trial_dir / "metrics.json")
         # The trial's measured numbers, machine-readable, and which trial they are.
-        write_json(staging / "metrics.json", {"trial": trial_dir.name, **metrics})
+        number = int(trial_dir.name) if trial_dir.name.isdigit() else None
+        write_json(staging / "metrics.json", {"trial": number, **metrics})
         metric = cfg.load(staging / "config.yaml").metric.name
         layer_order = [name for name, _ in model.named_modules()]
         atomic_write_text(staging / "README.md",

@@ -216,3 +216,11 @@ def test_a_missing_database_driver_names_the_extra_to_install(url, module, hint,
     message = str(error.value)
     assert f"the database driver {module!r} is missing; {hint}" in message
     assert "secret" not in message
+
+
+def test_the_command_line_leaves_pythons_warning_format_as_it_was(tmp_path, capsys):
+    import warnings
+
+    before = warnings.formatwarning
+    cli_error(["search", str(tmp_path / "nope.yaml")], capsys)
+    assert warnings.formatwarning is before

@@ -37,7 +37,7 @@ def test_export_load_onnx_and_train(finished_run, tmp_path, capsys):
                  "metrics.json"):
         assert (out / name).is_file(), name
     trial_metrics = read_json(finished_run / "trials" / str(number) / "metrics.json")
-    assert read_json(out / "metrics.json") == {"trial": str(number), **trial_metrics}
+    assert read_json(out / "metrics.json") == {"trial": number, **trial_metrics}
     assert capsys.readouterr().out == (
         f"exported trial {number} (validation accuracy {100 * trial_metrics['accuracy']:.2f} %, "
         f"{trial_metrics['flops_reduction']:.2f}x fewer FLOPs) to {out}\n")
