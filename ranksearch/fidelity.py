@@ -34,7 +34,15 @@ from . import config as cfg
 from . import measure, svd
 from .data import Dataset
 from .dominance import hypervolume_contributions, nondominated
-from .pipeline import dataset, expand_by_layer, quality, reference, svd_key, svd_trained
+from .pipeline import (
+    dataset,
+    deployable,
+    expand_by_layer,
+    quality,
+    reference,
+    svd_key,
+    svd_trained,
+)
 from .precision import autocast, fp32_batch_norms, resolve_precision
 from .runs import RunDir, read_json, write_json
 
@@ -127,7 +135,6 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
     layers = svd.svd_layers(model)
     names = list(layers)
     batch_size = config.schedule.finetune.batch_size
-    example = measure.example_input(model, data.input_shape, 1)  # for the FLOPs merge rule
     results = []
     for energy in energies:
         start = time.perf_counter()
@@ -135,9 +142,10 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
         svd.prune_by_energy(model, expand_by_layer(energy, names, groups))
         # The compact model (a copy) is the one counted, recalibrated and evaluated: its
         # FLOPs and proxy accuracy describe the same model, and its thin layers make both
-        # forward passes cheaper than the masked full-rank one.
-        candidate = svd.compact(model, svd.compaction_plan(
-            model, rank_multiple=config.rank_multiple, example_input=example))
+        # forward passes cheaper than the masked full-rank one. Built as a trial builds it
+        # (with measure_latency, pairs slower than their layer merged back, timed), so that
+        # a promoted candidate's trial ends with the FLOPs its candidate had.
+        candidate, _ = deployable(model, data, config)
         flops = measure.flops(candidate, data.input_shape)
         _recalibrate_bn(candidate, data, spec.bn_batches, batch_size, config.precision)
         accuracy = quality(candidate, data, config, "val",
@@ -225,7 +233,9 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
     # Without allocation the key is the one sweeps had before it existed: they resume.
     key = cfg.settings_key("sweep", svd_key(config, params),
                            spec.model_dump(exclude=set() if spec.allocate else {"allocate"}),
-                           units, params.energy, config.space.energy, config.rank_multiple)
+                           units, params.energy, config.space.energy, config.rank_multiple,
+                           # the merge rule (only when timed: earlier sweeps keep their keys)
+                           *(["latency merge"] if config.measure_latency else []))
     entry = run.cache("sweep", key)
     with entry.lock():
         if entry.is_valid():

@@ -203,3 +203,36 @@ def test_report_latency_speedup_table(synthetic_study) -> None:
     within = svd_points[svd_points["accuracy"] >= data.reference_accuracy - 0.02]
     assert table.loc["svd", "within_2"] == pytest.approx(ref_latency / within["latency_ms"].min())
     assert "Largest measured CPU speedup" in summary(data)
+
+
+def test_a_promoted_candidate_ends_with_its_proxy_flops_under_latency_merging(
+        tiny_space, tmp_path, monkeypatch) -> None:
+    """With measure_latency a trial keeps the pairs timed faster than their layer, not those
+    that save FLOPs: the sweep builds its candidates by the same rule, so a trial ends with
+    the FLOPs its candidate had."""
+    import importlib
+
+    import optuna
+
+    from ranksearch import cli
+
+    compact = importlib.import_module("ranksearch.svd.compact")  # svd.compact is the function
+
+    # Every pair times faster than its layer: kept even where it costs more FLOPs.
+    monkeypatch.setattr(compact, "fastest_seconds", lambda modules, x, repeats: (1.0, 2.0))
+
+    run = tmp_path / "run"
+    space = tiny_space(trials=2, measure_latency=True, latency={"batch_size": 2, "threads": 1},
+                       space={"scheme": "spatial", "decay": "hoyer",
+                              "energy": {"hoyer": {"low": 0.05, "high": 0.6, "log": True}},
+                              "sweep": {"candidates": 4, "promote": 1, "proxy_samples": 50,
+                                        "bn_batches": 1}})
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    own = trials[0].user_attrs["sweep"][0]
+    assert own["own"] and own["flops"] == trials[0].user_attrs["metrics"]["flops"]
+    for t in trials:
+        if "proxy_flops" in t.user_attrs:
+            assert t.user_attrs["metrics"]["flops"] == t.user_attrs["proxy_flops"]
