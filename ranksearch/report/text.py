@@ -19,7 +19,9 @@ DEFAULT_METRIC = "accuracy"
 BASELINE_BUDGET_RULE = (
     "each baseline is fine-tuned for the same number of epochs as one SVD trial's "
     "SVD-training plus fine-tuning (the most a trial may get, where the space searches "
-    "them), from the same reference"
+    "them), from the same reference, at the schedule's learning rates (a searched lr is not "
+    "applied to baselines); slimming ranks channels by the reference's batch-norm scales, "
+    "without network slimming's L1-penalised training"
 )
 
 
