@@ -70,13 +70,24 @@ class Candidate:
     setting comes first whatever its source."""
 
 
+def _on_step(spec: cfg.Range, value: float) -> float:
+    """``value`` as the range can hold it: on its ``step`` grid (as Optuna's distribution has
+    it, a promoted candidate off the grid would be refused) and inside its ends."""
+    if spec.step is not None:
+        top = spec.low + math.floor((spec.high - spec.low) / spec.step + 1e-9) * spec.step
+        value = round(min(spec.low + round((value - spec.low) / spec.step) * spec.step, top),
+                      12)  # 0.36, not 0.36000000000000004
+    return float(min(max(value, spec.low), spec.high))
+
+
 def _grid(spec: Any, n: int) -> list[float]:
-    """``n`` values spread over a searched range (log-spaced for a log range), the choices
-    of a list, or the one constant."""
+    """``n`` values spread over a searched range (log-spaced for a log range; on its step
+    grid for a stepped one, fewer where steps coincide), the choices of a list, or the one
+    constant."""
     if isinstance(spec, cfg.Range):
         spaced = np.geomspace if spec.log else np.linspace
         # Clipped: rounding must not take an end point outside the searched range.
-        return [float(v) for v in np.clip(spaced(spec.low, spec.high, n), spec.low, spec.high)]
+        return list(dict.fromkeys(_on_step(spec, v) for v in spaced(spec.low, spec.high, n)))
     if isinstance(spec, list):
         return [float(v) for v in spec]
     return [float(spec)]
@@ -98,7 +109,7 @@ def energy_candidates(space: cfg.SearchSpace, decay: str, units: list[str], n: i
     drawn = []
     for _ in range(n - len(uniform)):
         values = rng.uniform(low, high, len(units))
-        drawn.append({u: float(math.exp(v) if spec.log else v)
+        drawn.append({u: _on_step(spec, math.exp(v) if spec.log else v)
                       for u, v in zip(units, values, strict=True)})
     return uniform + drawn
 

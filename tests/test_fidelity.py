@@ -236,3 +236,20 @@ def test_a_promoted_candidate_ends_with_its_proxy_flops_under_latency_merging(
     for t in trials:
         if "proxy_flops" in t.user_attrs:
             assert t.user_attrs["metrics"]["flops"] == t.user_attrs["proxy_flops"]
+
+
+def test_a_stepped_energy_range_is_swept_on_its_steps() -> None:
+    """Promoted candidates become trial parameters: off the range's step grid, Optuna flags
+    them and stores a value the distribution cannot hold."""
+    from optuna.distributions import FloatDistribution
+
+    from ranksearch import config as cfg
+    from ranksearch.fidelity import energy_candidates
+
+    space = cfg.SearchSpace(decay="l1", energy={"low": 0.02, "high": 0.59, "step": 0.02})
+    distribution = FloatDistribution(0.02, 0.58, step=0.02)
+    for units in ([], ["layer1", "layer2"]):
+        candidates = energy_candidates(space, "l1", units, 8, seed=0)
+        values = [v for c in candidates for v in (c.values() if units else [c])]
+        assert len(candidates) >= 4
+        assert all(distribution._contains(distribution.to_internal_repr(v)) for v in values)
