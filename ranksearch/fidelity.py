@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -267,18 +268,19 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
 
 
 def promote(candidates: list[Candidate], count: int, reference_flops: float,
-            exclude: Energy | None = None) -> list[Candidate]:
+            exclude: Energy | None = None, taken: Sequence[Energy] = ()) -> list[Candidate]:
     """Up to ``count`` candidates of the proxy front (:func:`~ranksearch.dominance.
     nondominated` in proxy accuracy and FLOPs), those adding the most hypervolume first,
     each chosen given the ones before it. ``exclude`` (the trial's own setting, fine-tuned
-    anyway) counts as already chosen. Candidates at or above the reference's FLOPs add
-    nothing and are never promoted."""
+    anyway) and ``taken`` (settings of the same model another trial promoted already) count
+    as already chosen. Candidates at or above the reference's FLOPs add nothing and are
+    never promoted."""
     if count <= 0 or not candidates:
         return []
     accuracy = np.array([c.proxy_accuracy for c in candidates])
     flops = np.array([c.flops / reference_flops for c in candidates])
     front = nondominated(accuracy, flops) & (flops < 1.0)
-    chosen = [i for i, c in enumerate(candidates) if c.energy == exclude]
+    chosen = [i for i, c in enumerate(candidates) if c.energy == exclude or c.energy in taken]
     picked: list[int] = []
     for _ in range(count):
         remaining = [i for i in np.flatnonzero(front) if i not in chosen]

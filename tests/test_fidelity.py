@@ -253,3 +253,37 @@ def test_a_stepped_energy_range_is_swept_on_its_steps() -> None:
         values = [v for c in candidates for v in (c.values() if units else [c])]
         assert len(candidates) >= 4
         assert all(distribution._contains(distribution.to_internal_repr(v)) for v in values)
+
+
+def test_trials_sharing_one_trained_model_promote_different_candidates(tiny_space,
+                                                                        tmp_path) -> None:
+    """Constant training settings: every sampled trial sweeps the same model. A candidate one
+    of them promoted is not promoted again (the slot goes to the next), and once fine-tuned
+    it is no low-fidelity point in any of their sweeps."""
+    import optuna
+    import pandas as pd
+
+    from ranksearch import cli
+
+    run = tmp_path / "run"
+    space = tiny_space(trials=4, sampler={"name": "random", "seed": 0}, space={
+        "scheme": "spatial", "decay": "l1", "lambda_s": 0.01,
+        "energy": {"l1": {"low": 0.02, "high": 0.6, "log": True}},
+        "sweep": {"candidates": 6, "promote": 1, "proxy_samples": 100, "bn_batches": 1}})
+    cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    queued = [t.user_attrs["candidate"] for t in trials if "candidate" in t.user_attrs]
+    assert len(queued) >= 2 and len(set(queued)) == len(queued)
+    sweeps = [t for t in trials if "sweep" in t.user_attrs]
+    assert len(sweeps) >= 2
+    done = {t.user_attrs["candidate"] for t in trials
+            if "candidate" in t.user_attrs and t.state == optuna.trial.TrialState.COMPLETE}
+    cli.main(["report", str(run), "--out", str(tmp_path / "report")])
+    rows = pd.read_csv(tmp_path / "report" / "trials.csv")
+    low = rows[rows["kind"] == "svd-proxy"]
+    shown = {c["candidate"] for t in sweeps for c in t.user_attrs["sweep"]
+             if not c["own"]} - done
+    assert len(low) == sum(1 for t in sweeps for c in t.user_attrs["sweep"]
+                           if not c["own"] and c["candidate"] in shown)

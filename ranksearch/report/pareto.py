@@ -156,15 +156,15 @@ def _spectrum_columns(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _sweep_rows(trial: optuna.trial.FrozenTrial, ref_flops: float,
-                promotions_done: set[tuple[int, float]]) -> list[dict[str, Any]]:
-    """The low-fidelity points of a trial's sweep: every candidate but the trial's own and
-    the promoted ones whose trial completed (those are points of their own), accuracy being
-    the proxy accuracy. ``promotions_done`` holds (sweeping trial, candidate FLOPs) of the
-    promoted trials that completed; one still queued, or failed, leaves its candidate here."""
+                promotions_done: set[Any]) -> list[dict[str, Any]]:
+    """The low-fidelity points of a trial's sweep (proxy accuracy): every candidate but the
+    trial's own and those fine-tuned by a completed trial (``promotions_done``: their ids);
+    one still queued, or failed, leaves its candidate here."""
     rows = []
     for candidate in trial.user_attrs.get("sweep") or []:
-        promotion = (trial.number, _number(candidate.get("flops")))
-        if candidate.get("own") or (candidate.get("promoted") and promotion in promotions_done):
+        ident = candidate.get("candidate")  # another sweep of a shared model may promote it
+        legacy = candidate.get("promoted") and (trial.number, _number(candidate.get("flops")))
+        if candidate.get("own") or (ident or legacy) in promotions_done:
             continue
         flops = _number(candidate.get("flops"))
         rows.append({
@@ -251,9 +251,11 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     trials = study.get_trials(deepcopy=False)
     rows.extend(_trial_row(trial) for trial in trials)
     ref_flops = _number(reference.get("flops")) if reference else math.nan
-    promotions_done = {(t.user_attrs["promoted_from"], _number(t.user_attrs.get("proxy_flops")))
-                       for t in trials if t.state == optuna.trial.TrialState.COMPLETE
-                       and "promoted_from" in t.user_attrs}
+    done = [t.user_attrs for t in trials
+            if t.state == optuna.trial.TrialState.COMPLETE and "promoted_from" in t.user_attrs]
+    # By id; by (sweeping trial, FLOPs) for sweeps recorded before candidates had ids.
+    promotions_done = {a["candidate"] for a in done if "candidate" in a} | {
+        (a["promoted_from"], _number(a.get("proxy_flops"))) for a in done}
     for trial in trials:
         rows.extend(_sweep_rows(trial, ref_flops, promotions_done))
     if run_dir is not None:

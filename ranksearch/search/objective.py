@@ -95,10 +95,18 @@ class Objective:
         units = granularity_units(space, groups)
         candidates = fidelity.sweep(self.config, params, self.run, groups, units)
         reference_flops = metrics["flops"] * metrics["flops_reduction"]
-        promoted = fidelity.promote(candidates, space.sweep.promote, reference_flops,
-                                    exclude=params.energy)
         fixed = training_param_names(trial.params)
-        queued = {t.user_attrs.get("candidate") for t in trial.study.get_trials(deepcopy=False)}
+        idents = [cfg.settings_key(fixed, energy_params(space, params.decay, c.energy))
+                  for c in candidates]
+        # Promoted from this trial (or the trial it retries) before a kill: queued once, the
+        # rest now. Promoted by another trial of the same model: its slot goes to another.
+        mine = {trial.number, trial.user_attrs.get("retry_of")}
+        queued = {t.user_attrs.get("candidate"): t.user_attrs.get("promoted_from")
+                  for t in trial.study.get_trials(deepcopy=False)}
+        taken = [c.energy for c, ident in zip(candidates, idents, strict=True)
+                 if ident in queued and queued[ident] not in mine]
+        promoted = fidelity.promote(candidates, space.sweep.promote, reference_flops,
+                                    exclude=params.energy, taken=taken)
         for candidate in promoted:
             energy = energy_params(space, params.decay, candidate.energy)
             ident = cfg.settings_key(fixed, energy)
@@ -111,8 +119,8 @@ class Objective:
         trial.set_user_attr("sweep", [
             {"energy": c.energy, "flops": c.flops, "proxy_accuracy": c.proxy_accuracy,
              "seconds": c.seconds, "source": c.source, "promoted": c in promoted,
-             "own": i == 0}
-            for i, c in enumerate(candidates)])
+             "own": i == 0, "candidate": ident}
+            for i, (c, ident) in enumerate(zip(candidates, idents, strict=True))])
         if candidates:
             metrics["proxy_accuracy"] = candidates[0].proxy_accuracy
 
