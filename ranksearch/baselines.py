@@ -368,8 +368,7 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
     start = time.perf_counter()
     data = pipeline.dataset(config)
     dense, ref_metrics = pipeline.reference(config, run, progress=progress)
-    epochs = 0
-    train_seconds = 0.0
+    epochs, train_seconds = 0, 0.0
     metrics: dict[str, Any] = {}
     try:
         try:
@@ -379,8 +378,10 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
         except Exception as err:  # torch-pruning cannot prune every architecture
             raise RuntimeError(f"{type(err).__name__} while pruning with torch-pruning: "
                                f"{err}") from err
-        for budget, schedule in pipeline.trial_budget(config).items():
-            result = pipeline.train(config, pruned, "baseline", schedule, seed=config.seed + 3,
+        for phase, (budget, schedule) in enumerate(pipeline.trial_budget(config).items()):
+            # A seed per phase, as a trial's two phases have: not one batch order twice.
+            result = pipeline.train(config, pruned, "baseline", schedule,
+                                    seed=config.seed + 3 + phase,
                                     desc=f"{method} {target:g}x ({budget} budget)",
                                     progress=progress)
             epochs += result.epochs
@@ -401,10 +402,8 @@ def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: flo
 def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
                   ) -> list[dict[str, Any]]:
     """Run every baseline the config asks for that the run directory does not hold yet.
-
     Each result is written atomically once its run ends, under a lock, so a killed run is
-    redone by the next call and a finished one never twice.
-    """
+    redone by the next call and a finished one never twice."""
     spec = config.baselines
     if spec is None:
         return []

@@ -90,3 +90,22 @@ def test_killed_baseline_is_completed_not_duplicated(tiny_space, tmp_path):
     cli.main(["baselines", str(run.path), "--quiet"])
     assert first.stat().st_mtime_ns == stamp  # the finished run was not redone
     assert len(run.baseline_results()) == 3
+
+
+def test_a_baselines_two_phases_see_different_batch_orders(tiny_space, tmp_path, monkeypatch):
+    """As a trial's SVD-training and fine-tuning phases do: one seed for both replayed the
+    same batches twice."""
+    from ranksearch import pipeline
+
+    seeds = []
+    train = pipeline.train
+
+    def recording(config, model, kind, schedule, *, seed, **kwargs):
+        if kind == "baseline":
+            seeds.append(seed)
+        return train(config, model, kind, schedule, seed=seed, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", recording)
+    space = tiny_space(trials=1, baselines={"methods": ["l1"], "targets": [2]})
+    cli.main(["search", str(space), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
