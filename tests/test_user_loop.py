@@ -141,7 +141,7 @@ def test_user_loop_gets_every_phase_with_its_regulariser_and_budget(tiny_space, 
     assert [c["lr"] for c in CALLS] == [schedule.reference.lr, schedule.svd.lr,
                                         schedule.finetune.lr, schedule.svd.lr,
                                         schedule.finetune.lr]
-    assert [c["seed"] for c in CALLS] == [0, 1, 2, 3, 3]
+    assert [c["seed"] for c in CALLS] == [0, 1, 2, 3, 4]  # a seed per phase
     assert all(c["training"] and c["dtype"] == torch.float32 for c in CALLS)
     reference, svd_training, finetune, *baseline = CALLS
     # None for the reference and the baselines; orthogonality and sparsity in SVD training,
