@@ -25,7 +25,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,8 +42,7 @@ from .schema import (
     Scheme,
     Searchable,
     Strict,
-    check_setting,
-    searchable_values,
+    check_settings,
 )
 
 __all__ = [
@@ -155,13 +153,7 @@ class TrialParams(Strict):
     ranks: dict[str, int] | None = None
     """Exact kept ranks per layer (an exported trial); overrides ``energy`` when given."""
 
-    @field_validator("lambda_o", "lambda_s", "energy", "lr")
-    @classmethod
-    def _in_range(cls, value: float | dict[str, float] | None, info: ValidationInfo
-                  ) -> float | dict[str, float] | None:
-        for v in searchable_values(value) if value is not None else []:
-            check_setting(info.field_name, v)
-        return value
+    _in_range = field_validator("lambda_o", "lambda_s", "energy", "lr")(check_settings)
 
     def training_key(self) -> dict[str, Any]:
         """The settings that determine the SVD-trained model (not pruning, not fine-tuning)."""
@@ -229,13 +221,8 @@ class SearchSpace(Strict):
                 )
         return value
 
-    @field_validator("lambda_o", "lambda_s", "energy", "lr")
-    @classmethod
-    def _trial_can_take(cls, value: Any, info: ValidationInfo) -> Any:
-        # Checked here, not first in a trial: a search would fail at its first such draw.
-        for v in searchable_values(value) if value is not None else []:
-            check_setting(info.field_name, v)
-        return value
+    # Checked here, not first in a trial: a search would fail at its first such draw.
+    _trial_can_take = field_validator("lambda_o", "lambda_s", "energy", "lr")(check_settings)
 
     @model_validator(mode="after")
     def _ranges_cover_decays(self) -> SearchSpace:

@@ -8,13 +8,13 @@ import math
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationInfo, model_validator
 
 from .errors import UserError
 
 __all__ = [
     "Scheme", "Decay", "Init", "Granularity", "PruningMethod", "DECAY_TYPES", "ConfigError",
-    "Strict", "Range", "Searchable", "searchable_values", "check_setting",
+    "Strict", "Range", "Searchable", "searchable_values", "check_setting", "check_settings",
 ]
 
 # Each choice is one Literal type; the tuples of its values derive from it. Reading a config
@@ -87,3 +87,11 @@ def check_setting(field: str, value: float) -> None:
         raise ValueError(f"a learning rate must be > 0, got {value:g}")
     if value < 0:
         raise ValueError(f"must be >= 0, got {value:g}")
+
+
+def check_settings(value: Any, info: ValidationInfo) -> Any:
+    """A field validator of trial params and search spaces alike: :func:`check_setting` on
+    every number the field (``info.field_name``) may hand a trial."""
+    for v in searchable_values(value) if value is not None else []:
+        check_setting(info.field_name, v)
+    return value
