@@ -96,8 +96,8 @@ class Objective:
         candidates = fidelity.sweep(self.config, params, self.run, groups, units)
         reference_flops = metrics["flops"] * metrics["flops_reduction"]
         fixed = training_param_names(trial.params)
-        idents = [cfg.settings_key(fixed, energy_params(space, params.decay, c.energy))
-                  for c in candidates]
+        energies = [energy_params(space, params.decay, c.energy) for c in candidates]
+        idents = [cfg.settings_key(fixed, energy) for energy in energies]
         # Promoted from this trial (or the trial it retries) before a kill: queued once, the
         # rest now. Promoted by another trial of the same model: its slot goes to another.
         mine = {trial.number, trial.user_attrs.get("retry_of")}
@@ -108,8 +108,8 @@ class Objective:
         promoted = fidelity.promote(candidates, space.sweep.promote, reference_flops,
                                     exclude=params.energy, taken=taken)
         for candidate in promoted:
-            energy = energy_params(space, params.decay, candidate.energy)
-            ident = cfg.settings_key(fixed, energy)
+            i = candidates.index(candidate)
+            energy, ident = energies[i], idents[i]
             if ident in queued:
                 continue
             trial.study.enqueue_trial({**fixed, **energy}, skip_if_exists=False, user_attrs={
