@@ -21,6 +21,7 @@ from .search.storage import (
     absolute_url,
     heartbeat_folder,
     is_journal_file,
+    is_own_journal,
     open_storage,
     require_study,
     run_storage_url,
@@ -260,8 +261,8 @@ def join_study(target: str, *, run_dir: str | None = None, worker: int = 0,
         run = RunDir(run_dir_of(config, run_dir)).create()
         if not run.config_path.is_file():
             atomic_write_text(run.config_path, cfg.dump(config))
-        own = absolute_url(url) == absolute_url(str(run.journal_path))
-        if not run.storage_path.is_file() and not own:  # later commands find the study
+        # Later commands find the study; its own journal it finds anyway, wherever the run is.
+        if not run.storage_path.is_file() and not is_own_journal(run, url):
             write_storage_note(run, url)
     done = run_worker(config, run, url, worker=worker, progress=progress)
     run_baselines(config, run, progress=progress)

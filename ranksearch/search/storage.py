@@ -19,9 +19,9 @@ from ..errors import UserError
 from ..runs import RunDir, RunDirError, atomic_write_text
 
 __all__ = [
-    "STORAGE_ENV", "StorageError", "storage_scheme", "is_journal_file", "storage_url",
-    "run_storage_url", "open_storage", "absolute_url", "heartbeat_folder", "write_storage_note",
-    "require_study",
+    "STORAGE_ENV", "StorageError", "storage_scheme", "is_journal_file", "is_own_journal",
+    "storage_url", "run_storage_url", "open_storage", "absolute_url", "heartbeat_folder",
+    "write_storage_note", "require_study",
 ]
 
 STORAGE_ENV = "RANKSEARCH_STORAGE"
@@ -63,8 +63,8 @@ def storage_url(run: RunDir, url: str | None) -> str:
     """
     own = str(run.journal_path)
     given = absolute_url(url) if url else None
-    if given == absolute_url(own):
-        given = own  # the run's own journal: named as such, so the run can be moved
+    if given and is_own_journal(run, given):
+        given = own  # named as such, so the run can be moved
     if run.storage_path.is_file():
         where = run.storage_path.read_text().strip()  # password masked
         given = given or run_storage_url(run)  # $RANKSEARCH_STORAGE too: checked as --storage
@@ -80,6 +80,11 @@ def storage_url(run: RunDir, url: str | None) -> str:
             f"without --storage (and without ${STORAGE_ENV} naming another), or start another "
             "run directory")
     return given
+
+
+def is_own_journal(run: RunDir, url: str) -> bool:
+    """Whether ``url`` names the run's own journal file, however the path is written."""
+    return absolute_url(url) == absolute_url(str(run.journal_path))
 
 
 def run_storage_url(run: RunDir) -> str:
