@@ -8,6 +8,7 @@ from ranksearch import config as cfg
 from ranksearch import fidelity
 from ranksearch.fidelity import Candidate
 from ranksearch.runs import RunDir
+from ranksearch.search.study import open_run_study
 
 
 def _candidate(accuracy: float, flops: int, energy: float) -> Candidate:
@@ -135,9 +136,7 @@ def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
         "energy": {"hoyer": {"low": 0.01, "high": 0.6, "log": True}},
         "sweep": {"candidates": 8, "promote": 2, "proxy_samples": 100, "bn_batches": 2}})
     cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = open_run_study(run)[2].get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     first, promoted = trials[0], trials[1:]
     sweep = first.user_attrs["sweep"]
@@ -212,8 +211,6 @@ def test_a_promoted_candidate_ends_with_its_proxy_flops_under_latency_merging(
     the FLOPs its candidate had."""
     import importlib
 
-    import optuna
-
     from ranksearch import cli
 
     compact = importlib.import_module("ranksearch.svd.compact")  # svd.compact is the function
@@ -228,9 +225,7 @@ def test_a_promoted_candidate_ends_with_its_proxy_flops_under_latency_merging(
                               "sweep": {"candidates": 4, "promote": 1, "proxy_samples": 50,
                                         "bn_batches": 1}})
     cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = open_run_study(run)[2].get_trials()
     own = trials[0].user_attrs["sweep"][0]
     assert own["own"] and own["flops"] == trials[0].user_attrs["metrics"]["flops"]
     for t in trials:
@@ -271,9 +266,7 @@ def test_trials_sharing_one_trained_model_promote_different_candidates(tiny_spac
         "energy": {"l1": {"low": 0.02, "high": 0.6, "log": True}},
         "sweep": {"candidates": 6, "promote": 1, "proxy_samples": 100, "bn_batches": 1}})
     cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run / "study.journal")))
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = open_run_study(run)[2].get_trials()
     queued = [t.user_attrs["candidate"] for t in trials if "candidate" in t.user_attrs]
     assert len(queued) >= 2 and len(set(queued)) == len(queued)
     sweeps = [t for t in trials if "sweep" in t.user_attrs]
