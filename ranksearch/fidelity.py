@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -142,13 +142,21 @@ def _recalibrate_bn(model: nn.Module, data: Dataset, batches: int, batch_size: i
 
 def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset,
                          config: cfg.StudyConfig, spec: cfg.SweepSpec,
-                         groups: dict[str, str], source: str = "sweep") -> list[Candidate]:
+                         groups: dict[str, str], evaluated: dict[str, Candidate],
+                         source: str = "sweep") -> list[Candidate]:
+    """A candidate per setting of ``energies``. ``evaluated`` holds the candidates of the
+    model evaluated so far, by setting: a setting met again (a sensitivity probe's base is a
+    uniform candidate, an allocation may be a probe) is returned from it, costing 0 s."""
     model = copy.deepcopy(model).eval()
     layers = svd.svd_layers(model)
     names = list(layers)
     batch_size = config.schedule.finetune.batch_size
     results = []
     for energy in energies:
+        key = json.dumps(energy, sort_keys=True)
+        if key in evaluated:
+            results.append(replace(evaluated[key], seconds=0.0, source=source))
+            continue
         start = time.perf_counter()
         svd.unprune(model)
         svd.prune_by_energy(model, expand_by_layer(energy, names, groups))
@@ -166,6 +174,7 @@ def _evaluate_candidates(model: nn.Module, energies: list[Energy], data: Dataset
         results.append(Candidate(energy, flops, accuracy,
                                  sum(int(layer.rank) for layer in layers.values()),
                                  time.perf_counter() - start, source))
+        evaluated[key] = results[-1]
     return results
 
 
@@ -178,25 +187,30 @@ def allocate(levels: list[float], probes: dict[str, list[tuple[float, float]]],
     base model for every unit). Units' losses and savings are taken as additive, as AIMET's
     per-layer compression-ratio selection takes them. Greedy: from the base, repeatedly move
     the one unit whose step to a higher level loses the least accuracy per FLOP saved, until
-    the FLOPs are at or below the target (or no unit can save more).
+    the FLOPs are at or below the target (or no unit can save more). The last move is the
+    one of all that reach the target losing the least accuracy: the best ratio's step may
+    save far more than is left to save, and overshoot the target by a whole level.
     """
     allocations = []
     for target in targets:
         chosen = dict.fromkeys(probes, 0)
         flops = next(iter(probes.values()))[0][1]
         while flops > target:
-            best: tuple[float, str, int, float] | None = None
+            moves = []  # (accuracy lost per FLOP saved, accuracy lost, unit, level, saving)
             for unit, rows in probes.items():
                 accuracy, unit_flops = rows[chosen[unit]]
                 for j in range(chosen[unit] + 1, len(levels)):
                     saving = unit_flops - rows[j][1]
                     if saving > 0:
-                        cost = max(accuracy - rows[j][0], 0.0) / saving
-                        if best is None or cost < best[0]:
-                            best = (cost, unit, j, saving)
-            if best is None:
+                        loss = max(accuracy - rows[j][0], 0.0)
+                        moves.append((loss / saving, loss, unit, j, saving))
+            if not moves:
                 break
-            _, unit, j, saving = best
+            best = min(moves, key=lambda move: move[0])
+            if flops - best[4] <= target:
+                best = min((m for m in moves if flops - m[4] <= target),
+                           key=lambda move: (move[1], move[4]))
+            _, _, unit, j, saving = best
             chosen[unit] = j
             flops -= saving
         allocations.append({unit: levels[i] for unit, i in chosen.items()})
@@ -205,7 +219,8 @@ def allocate(levels: list[float], probes: dict[str, list[tuple[float, float]]],
 
 def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
                config: cfg.StudyConfig, spec: cfg.SweepSpec, groups: dict[str, str],
-               units: list[str], decay: str) -> list[Candidate]:
+               units: list[str], decay: str, evaluated: dict[str, Candidate]
+               ) -> list[Candidate]:
     """The sensitivity probes of every unit and the distinct :func:`allocate` candidates at
     ``spec.allocate`` FLOPs targets spread (log-spaced) over the other candidates' range."""
     levels = _grid(config.space.for_decay("energy", decay), ALLOCATION_LEVELS)
@@ -213,7 +228,8 @@ def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
         return []
     base = dict.fromkeys(units, levels[0])
     energies = [base] + [{**base, unit: level} for unit in units for level in levels[1:]]
-    probed = _evaluate_candidates(model, energies, data, config, spec, groups, "sensitivity")
+    probed = _evaluate_candidates(model, energies, data, config, spec, groups, evaluated,
+                                  "sensitivity")
     # probed[0] is the base; then each unit's probes, one per level above the first.
     per_unit = len(levels) - 1
     probes = {unit: [(c.proxy_accuracy, c.flops) for c in
@@ -221,10 +237,12 @@ def _allocated(model: nn.Module, candidates: list[Candidate], data: Dataset,
               for i, unit in enumerate(units)}
     flops = [c.flops for c in candidates]
     targets = np.geomspace(min(flops), max(flops), spec.allocate + 2)[1:-1].tolist()
-    # Neighbouring targets may get the same allocation: evaluate it once.
+    # Neighbouring targets may get the same allocation: list it once (``evaluated`` would
+    # spare its second evaluation, not its second row).
     distinct = list({json.dumps(a, sort_keys=True): a
                      for a in allocate(levels, probes, targets)}.values())
-    allocated = _evaluate_candidates(model, distinct, data, config, spec, groups, "allocated")
+    allocated = _evaluate_candidates(model, distinct, data, config, spec, groups, evaluated,
+                                     "allocated")
     return probed + allocated
 
 
@@ -247,7 +265,9 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
                            spec.model_dump(exclude=set() if spec.allocate else {"allocate"}),
                            units, params.energy, config.space.energy, config.rank_multiple,
                            # the merge rule (only when timed: earlier sweeps keep their keys)
-                           *(["latency merge"] if config.measure_latency else []))
+                           *(["latency merge"] if config.measure_latency else []),
+                           # allocate()'s rule, since its last move loses least
+                           *(["allocation: least-loss last move"] if spec.allocate else []))
     entry = run.cache("sweep", key)
     with entry.lock():
         if entry.is_valid():
@@ -258,10 +278,12 @@ def sweep(config: cfg.StudyConfig, params: cfg.TrialParams, run: RunDir,
         energies = [params.energy, *energy_candidates(config.space, params.decay, units,
                                                       spec.candidates, config.seed)]
         data = dataset(config)
-        candidates = _evaluate_candidates(model, energies, data, config, spec, groups)
+        evaluated: dict[str, Candidate] = {}
+        candidates = _evaluate_candidates(model, energies, data, config, spec, groups,
+                                          evaluated)
         if spec.allocate and units:
             candidates += _allocated(model, candidates, data, config, spec, groups, units,
-                                     params.decay)
+                                     params.decay, evaluated)
         write_json(entry.file("sweep.json"), [asdict(c) for c in candidates])
         entry.seal()
     return candidates

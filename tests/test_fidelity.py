@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ranksearch import config as cfg
@@ -63,7 +65,16 @@ def test_allocate_prunes_the_insensitive_unit_first() -> None:
     assert fidelity.allocate(levels, probes, [100]) == [{"a": 0.01, "b": 0.01}]
 
 
-def test_allocated_sweep_on_digits(tiny_space, tmp_path) -> None:
+def test_allocate_ends_on_the_move_that_reaches_the_target_losing_least() -> None:
+    # Pruning "a" further loses least per FLOP saved but saves half the model; the target
+    # needs only 3 FLOPs saved, which "b" saves losing half as much accuracy.
+    probes = {"a": [(0.9, 100), (0.89, 50)], "b": [(0.9, 100), (0.895, 95)]}
+    assert fidelity.allocate([0.01, 0.1], probes, [97, 60]) == [
+        {"a": 0.01, "b": 0.1},   # not a's 50 FLOPs at twice the loss
+        {"a": 0.1, "b": 0.01}]   # b cannot reach 60: the best ratio goes first
+
+
+def test_allocated_sweep_on_digits(tiny_space, tmp_path, monkeypatch) -> None:
     config = cfg.load(tiny_space(space={
         "scheme": "channel", "decay": "hoyer", "granularity": "stage",
         "energy": {"hoyer": {"low": 0.01, "high": 0.6, "log": True}},
@@ -78,9 +89,22 @@ def test_allocated_sweep_on_digits(tiny_space, tmp_path) -> None:
     params = cfg.TrialParams(scheme="channel", decay="hoyer", lambda_s=1e-3,
                              energy=dict.fromkeys(units, 0.05))
     run = RunDir(tmp_path / "run").create()
+    built = []
+    deployable = fidelity.deployable
+    monkeypatch.setattr(fidelity, "deployable",
+                        lambda *args: built.append(1) or deployable(*args))
     candidates = fidelity.sweep(config, params, run, groups, units)
     sources = [c.source for c in candidates]
     levels = fidelity.ALLOCATION_LEVELS
+    # Every setting is evaluated once: the probes' base is the lowest uniform candidate.
+    settings = {json.dumps(c.energy, sort_keys=True) for c in candidates}
+    assert len(built) == len(settings) < len(candidates)
+    first = {}
+    for c in candidates:
+        again = first.setdefault(json.dumps(c.energy, sort_keys=True), c)
+        if again is not c:
+            assert (c.flops, c.proxy_accuracy, c.seconds) == (again.flops, again.proxy_accuracy,
+                                                              0.0)
     assert sources[:7 + 1 + len(units) * (levels - 1)] == (
         ["sweep"] * 7 + ["sensitivity"] * (1 + len(units) * (levels - 1)))
     # Up to three allocations, each evaluated once.
@@ -134,6 +158,7 @@ def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
     space = tiny_space(trials=3, space={
         "scheme": "channel", "decay": "hoyer",
         "energy": {"hoyer": {"low": 0.01, "high": 0.6, "log": True}},
+        "finetune_epochs": [1, 2],
         "sweep": {"candidates": 8, "promote": 2, "proxy_samples": 100, "bn_batches": 2}})
     cli.main(["search", str(space), "--run-dir", str(run), "--quiet"])
     trials = open_run_study(run)[2].get_trials()
@@ -150,6 +175,9 @@ def test_search_promotes_sweep_candidates(tiny_space, tmp_path) -> None:
         assert {k: v for k, v in t.params.items() if k != "energy_hoyer"} == {
             k: v for k, v in first.params.items() if k != "energy_hoyer"}
         assert "sweep" not in t.user_attrs  # promoted trials do not sweep again
+        # Fine-tuned as long as the trial that trained the model, not as the sampler drew.
+        assert t.system_attrs["fixed_params"]["finetune_epochs"] == first.params[
+            "finetune_epochs"]
 
     # The report: the six unpromoted candidates are low-fidelity rows, never on the front.
     import pandas as pd

@@ -96,6 +96,8 @@ class Objective:
         candidates = fidelity.sweep(self.config, params, self.run, groups, units)
         reference_flops = metrics["flops"] * metrics["flops_reduction"]
         fixed = training_param_names(trial.params)
+        finetune = ({"finetune_epochs": trial.params["finetune_epochs"]}
+                    if "finetune_epochs" in trial.params else {})
         energies = [energy_params(space, params.decay, c.energy) for c in candidates]
         idents = [cfg.settings_key(fixed, energy) for energy in energies]
         # Promoted from this trial (or the trial it retries) before a kill: queued once, the
@@ -112,10 +114,13 @@ class Objective:
             energy, ident = energies[i], idents[i]
             if ident in queued:
                 continue
-            trial.study.enqueue_trial({**fixed, **energy}, skip_if_exists=False, user_attrs={
-                "reuses_training_of": trial.number, "promoted_from": trial.number,
-                "candidate": ident, "proxy_accuracy": candidate.proxy_accuracy,
-                "proxy_flops": candidate.flops})
+            # Fine-tuned as the trial that trained the model was: as long (where the space
+            # searches the length), so that its fine-tuning is not left to the sampler.
+            origin = {"reuses_training_of": trial.number, "promoted_from": trial.number,
+                      "candidate": ident, "proxy_accuracy": candidate.proxy_accuracy,
+                      "proxy_flops": candidate.flops}
+            trial.study.enqueue_trial({**fixed, **finetune, **energy}, skip_if_exists=False,
+                                      user_attrs=origin)
         trial.set_user_attr("sweep", [
             {"energy": c.energy, "flops": c.flops, "proxy_accuracy": c.proxy_accuracy,
              "seconds": c.seconds, "source": c.source, "promoted": c in promoted,
