@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except UserError as err:
-        print(f"ranksearch: error: {err}", file=sys.stderr)
+        print(f"ranksearch: error: {err.for_command_line()}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("ranksearch: interrupted; rerun the same command to continue", file=sys.stderr)

@@ -16,7 +16,30 @@ EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
-    """An error whose one-line message tells the user what to fix."""
+    """An error whose one-line message tells the user what to fix.
+
+    With ``argument``, the error is about the value of one argument, named as Python calls
+    it (``max_flops: expected ...``); :meth:`for_command_line` names its flag instead
+    (``--max-flops: expected ...``), so that each face names what its user typed.
+    """
+
+    #: The argument the error is about (set by ``__init__``; a subclass that also derives
+    #: from a built-in error may reach the built-in's ``__init__`` first and keep None).
+    argument: str | None = None
+    detail: str = ""
+    flag: str | None = None
+
+    def __init__(self, message: str, *, argument: str | None = None,
+                 flag: str | None = None) -> None:
+        super().__init__(f"{argument}: {message}" if argument else message)
+        self.argument, self.detail, self.flag = argument, message, flag
+
+    def for_command_line(self) -> str:
+        """The message, with the argument named by its command-line flag: ``flag``, else
+        ``--`` and the argument's name with dashes."""
+        if self.argument is None:
+            return str(self)
+        return f"{self.flag or '--' + self.argument.replace('_', '-')}: {self.detail}"
 
 
 def validation_message(error: ValidationError, source: str) -> str:

@@ -52,10 +52,10 @@ def parse_max_flops(value: str | float, reference_flops: float) -> float:
             return reference_flops / factor
         flops = float(text)
     except ValueError:
-        raise ExportError(f"--max-flops: expected FLOPs (e.g. 2.5e6) or a reduction (e.g. 4x), "
-                          f"got {value!r}") from None
+        raise ExportError(f"expected FLOPs (e.g. 2.5e6) or a reduction (e.g. 4x), got "
+                          f"{value!r}", argument="max_flops") from None
     if not flops > 0:  # nan too
-        raise ExportError(f"--max-flops: expected a positive number, got {value!r}")
+        raise ExportError(f"expected a positive number, got {value!r}", argument="max_flops")
     return flops
 
 
@@ -71,10 +71,10 @@ def select_trial(
     if trial is not None:
         rows = trials[(trials["kind"] == "svd") & (trials["number"] == trial)]
         if rows.empty:
-            raise ExportError(f"--trial {trial}: no such trial in the study")
+            raise ExportError(f"no trial {trial} in the study", argument="trial")
         if rows.iloc[0]["state"] != "COMPLETE":
             state = STATE_WORDS.get(rows.iloc[0]["state"], rows.iloc[0]["state"].lower())
-            raise ExportError(f"--trial {trial}: the trial is {state}, not complete")
+            raise ExportError(f"trial {trial} is {state}, not complete", argument="trial")
         return trial
     if front.empty:
         raise ExportError("the study has no complete trial yet")
@@ -89,8 +89,8 @@ def select_trial(
                    .iloc[0]["number"])
     assert min_accuracy is not None
     if not 0 <= min_accuracy <= 100:  # nan too
-        raise ExportError(f"--min-accuracy: expected an accuracy (0-1) or a percentage (up to "
-                          f"100), got {min_accuracy:g}")
+        raise ExportError(f"expected an accuracy (0-1) or a percentage (up to 100), got "
+                          f"{min_accuracy:g}", argument="min_accuracy")
     floor = min_accuracy / 100 if min_accuracy > 1 else min_accuracy
     fits = front[front["accuracy"] >= floor]
     if fits.empty:
@@ -121,8 +121,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, trial: int | None = None
     if inside == run.path.resolve() or any(
             (run.path / owned).resolve() in (inside, *inside.parents)
             for owned in ("trials", "baselines", "cache")):
-        raise ExportError(f"--out {out}: inside the folders of the run {run.path}, whose files "
-                          "it would replace; export to a folder of its own")
+        raise ExportError(f"{out} is inside the folders of the run {run.path}, whose files it "
+                          "would replace; export to a folder of its own", argument="out")
     if number not in set(front["number"].astype(int)):
         warnings.warn(f"trial {number} is not on the Pareto front ({_off_front(trials, number)});"
                       " exporting it as asked", stacklevel=2)
@@ -177,8 +177,8 @@ def export_trial(trial_dir: Path, out: str | Path) -> Path:
 def _replace_dir(new: Path, target: Path) -> None:
     if target.exists():
         if not (target / "plan.json").is_file() and any(target.iterdir()):
-            raise ExportError(f"{target}: exists and is not an export folder; choose another "
-                              "--out")
+            raise ExportError(f"{target}: exists and is not an export folder; export to "
+                              "another folder")
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
         os.replace(new, target)

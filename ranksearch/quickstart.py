@@ -32,12 +32,36 @@ def trimmed(config: cfg.StudyConfig, max_batches: int) -> cfg.StudyConfig:
     return cfg.updated(config, "max_batches", schedule=schedule)
 
 
+def export_best(run_dir: str | Path, export_dir: str | Path, reference_accuracy: float) -> Path:
+    """Export the trial with the fewest FLOPs within one point of the reference, else the most
+    accurate front point.
+
+    Raises:
+        ExportError: nothing to export, or ``export_dir`` inside the run's folders (named as
+            ``export_dir``, ``--export`` on the command line).
+    """
+    from .export import ExportError, export_run
+
+    try:
+        try:
+            return export_run(run_dir, export_dir,
+                              min_accuracy=max(reference_accuracy - 0.01, 0.0))
+        except ExportError as err:
+            if err.argument is not None:
+                raise
+            return export_run(run_dir, export_dir, max_flops="1x")
+    except ExportError as err:
+        if err.argument != "out":
+            raise
+        # export_run's out is this function's export_dir, the command line's --export.
+        raise ExportError(err.detail, argument="export_dir", flag="--export") from None
+
+
 def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quickstart",
                export_dir: str = "exports/quickstart", trials: int | None = None,
                max_batches: int | None = None, progress: bool = True) -> dict:
     """Run the quickstart study; returns the headline numbers it prints."""
     from .app import open_run_study, run_search, write_report_for_run
-    from .export import ExportError, export_run
     from .report.pareto import reduction_table, trials_frame
 
     config = cfg.load(QUICKSTART_SPACE)
@@ -57,12 +81,7 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
     reference = study.user_attrs["reference"]
     table = reduction_table(frame, reference["accuracy"], drops=(1,))
     svd_best = table.loc[table["kind"] == "svd"].iloc[0]["within_1"] if "kind" in table else None
-    try:
-        export = export_run(run.path, export_dir,
-                            min_accuracy=max(reference["accuracy"] - 0.01, 0.0))
-    except ExportError:
-        # No point within one point of the reference: export the most accurate front point.
-        export = export_run(run.path, export_dir, max_flops="1x")
+    export = export_best(run.path, export_dir, reference["accuracy"])
     summary = {
         "reference_accuracy": reference["accuracy"],
         "best_reduction_within_1pt": svd_best,

@@ -114,7 +114,7 @@ def test_selection_rules(finished_run, tmp_path, capsys):
     (["--max-flops", "nanx"], "--max-flops: expected FLOPs"),
     (["--min-accuracy", "-1"], "--min-accuracy: expected an accuracy (0-1) or a percentage"),
     (["--min-accuracy", "nan"], "--min-accuracy: expected an accuracy (0-1) or a percentage"),
-    (["--trial", "99"], "--trial 99: no such trial"),
+    (["--trial", "99"], "--trial: no trial 99 in the study"),
 ])
 def test_nothing_qualifies(finished_run, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -172,8 +172,20 @@ def test_exporting_an_unfinished_trial_says_what_it_is(state, word):
     import pandas as pd
 
     trials = pd.DataFrame({"kind": ["svd"], "number": [3], "state": [state]})
-    with pytest.raises(export.ExportError, match=f"--trial 3: the trial is {word}, not complete"):
+    with pytest.raises(export.ExportError, match=f"^trial: trial 3 is {word}, not complete"):
         export.select_trial(trials, trials.iloc[:0], 1e6, trial=3)
+
+
+@pytest.mark.parametrize("selection, message", [
+    ({"trial": 99}, "trial: no trial 99 in the study"),
+    ({"max_flops": "lots"}, "max_flops: expected FLOPs (e.g. 2.5e6) or a reduction"),
+    ({"min_accuracy": -1}, "min_accuracy: expected an accuracy (0-1) or a percentage"),
+])
+def test_python_errors_name_the_python_argument(finished_run, tmp_path, selection, message):
+    """Called from Python, an error names the argument as Python spells it, not its flag."""
+    with pytest.raises(export.ExportError) as info:
+        export.export_run(finished_run, tmp_path / "x", **selection)
+    assert str(info.value).startswith(message)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -244,3 +256,13 @@ def test_export_run_from_python_takes_numbers_and_one_selection(finished_run, tm
         export_run(finished_run, tmp_path / "two", trial=0, max_flops="2x")
     out = export_run(finished_run, tmp_path / "big", max_flops=10**12)
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_quickstart_names_its_export_folder_as_its_user_gave_it(finished_run):
+    from ranksearch.quickstart import export_best
+
+    inside = finished_run / "trials" / "0"
+    with pytest.raises(export.ExportError) as info:
+        export_best(finished_run, inside, 0.9)
+    assert str(info.value).startswith(f"export_dir: {inside} is inside the folders of the run")
+    assert info.value.for_command_line().startswith(f"--export: {inside} is inside")

@@ -276,9 +276,9 @@ def test_a_crashed_ray_trial_is_requeued_once(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--address", "127.0.0.1"], "--address 127.0.0.1: expected HOST:PORT"),
-    (["--cpus-per-trial", "512"], "--cpus-per-trial 512: this host has"),
-    (["--gpus-per-trial", "64"], "--gpus-per-trial 64: this host has"),
+    (["--address", "127.0.0.1"], "--address: expected HOST:PORT"),
+    (["--cpus-per-trial", "512"], "--cpus-per-trial: 512 asked; this host has"),
+    (["--gpus-per-trial", "64"], "--gpus-per-trial: 64 asked; this host has"),
 ])
 def test_ray_options_that_cannot_work_fail_before_any_training(tmp_path, capsys, options,
                                                                 message):
@@ -307,7 +307,7 @@ def test_address_auto_naming_a_cluster_that_is_gone_fails_in_seconds(tmp_path, c
                      "--address", "auto"], capsys)
     assert time.monotonic() - started < 30
     # Ray names this host by its address on the network, not 127.0.0.1.
-    assert re.search(rf"--address auto \(\S+:{port}\): no Ray cluster answers there",
+    assert re.search(rf"--address: no Ray cluster answers at auto \(\S+:{port}\)",
                      err.splitlines()[-1])
     assert not (run / "cache").exists()
 

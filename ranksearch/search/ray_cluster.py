@@ -36,8 +36,8 @@ def ray_cluster(address: str | None, progress: bool) -> Iterator[None]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "no answer"
         hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token here too"
                 if isinstance(err, ConnectionError) else "")
-        raise cfg.ConfigError(
-            f"--address {address}: cannot join the Ray cluster ({reason}{hint})") from None
+        raise cfg.ConfigError(f"cannot join the Ray cluster at {address} ({reason}{hint})",
+                              argument="address") from None
     try:
         yield
     finally:
@@ -57,13 +57,13 @@ def check_reachable(address: str) -> None:
         return  # "ray://HOST:PORT" is Ray Client, which Ray checks itself
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise cfg.ConfigError(f"--address {address}: expected HOST:PORT (the head node's GCS "
-                              "port, 6379 by default), ray://HOST:PORT or auto")
+        raise cfg.ConfigError(f"expected HOST:PORT (the head node's GCS port, 6379 by default), "
+                              f"ray://HOST:PORT or auto, got {address!r}", argument="address")
     try:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as err:
-        raise cfg.ConfigError(f"--address {named}: no Ray cluster answers there "
-                              f"({err.strerror or err})") from None
+        raise cfg.ConfigError(f"no Ray cluster answers at {named} ({err.strerror or err})",
+                              argument="address") from None
 
 
 def _auto_address() -> str | None:
@@ -90,11 +90,11 @@ def check_fits(cpus: float, gpus: float) -> None:
     """Fail when a trial asks for more than the private local cluster has
     (:func:`local_resources`): Tune would wait forever."""
     have = local_resources()
-    for flag, asked, name in (("--cpus-per-trial", cpus, "CPU"),
-                              ("--gpus-per-trial", gpus, "GPU")):
+    for argument, asked, name in (("cpus_per_trial", cpus, "CPU"),
+                                  ("gpus_per_trial", gpus, "GPU")):
         if asked > have.get(name, 0):
-            raise cfg.ConfigError(f"{flag} {asked:g}: this host has {have.get(name, 0):g} "
-                                  f"{name}s for Ray")
+            raise cfg.ConfigError(f"{asked:g} asked; this host has {have.get(name, 0):g} "
+                                  f"{name}s for Ray", argument=argument)
 
 
 def default_gpus(config: cfg.StudyConfig) -> float:
