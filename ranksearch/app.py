@@ -157,13 +157,18 @@ def run_search(
     from . import pipeline
 
     if workers < 1:
-        raise cfg.ConfigError(f"--workers: expected a positive number, got {workers}")
+        raise cfg.ConfigError(f"expected a positive number, got {workers}", argument="workers")
     if config.measure_latency and workers > 1 and address is None:
         warnings.warn(
             f"measure_latency with {workers} workers on this host: each trial times its model "
             "while the others train on the same cores; for the latency front, run "
             f"'ranksearch latency {run.path}' after the search (one model at a time)",
             stacklevel=2)
+    if config.space is not None and isinstance(config.space.lr, list | cfg.Range) and (
+            config.baselines and config.baselines.methods and not config.baselines.lr):
+        warnings.warn("the space searches lr, but the baselines train at the schedule's rates;"
+                      " give baselines.lr the rates the space covers to tune them alike",
+                      stacklevel=2)
     runner = make_backend(backend, workers=workers, address=address,
                           gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
     runner.check()
@@ -186,7 +191,7 @@ def run_search(
     if complete > config.trials:  # a target below what is done would read "5 complete of 3"
         warnings.warn(f"the study already holds {complete} complete trials, more than the "
                       f"{config.trials} asked; none is added", stacklevel=2)
-        config = cfg.updated(config, "--trials", trials=complete)
+        config = cfg.updated(config, "the trial count", trials=complete)
     # Written only now: the commands that read the run (worker, baselines, latency, report)
     # must never see settings its study refused.
     atomic_write_text(run.config_path, cfg.dump(config))
@@ -214,7 +219,7 @@ def _require_same_study(run: RunDir, config: cfg.StudyConfig) -> None:
     if recorded is not None and recorded != config.name:
         raise cfg.ConfigError(
             f"{run.path} holds the study {recorded!r}; the study {config.name!r} needs a run "
-            "directory of its own (--run-dir)")
+            "directory of its own")
 
 
 def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True) -> None:
@@ -293,13 +298,20 @@ def status_text(run_dir: str | Path) -> str:
         lines.append(f"reference: {metric} {ref['accuracy']:.4f}, FLOPs {ref['flops']:,}")
     frame = trials_frame(study, run.path)
     if config.baselines is not None:
-        wanted = len(config.baselines.methods) * len(config.baselines.targets)
-        runs = frame[frame["kind"].str.startswith("baseline:")]
-        failed = runs[runs["state"] == "FAIL"]
-        lines.append(f"baselines: {len(runs)} of {wanted} done"
-                     + (f", {len(failed)} of them failed" if len(failed) else ""))
-        for b in failed.itertuples():
-            lines.append(f"  failed baseline {b.method} {b.target:g}x: {b.fail_reason}")
+        spec = config.baselines
+        wanted = {(m, float(t)) for m in spec.methods for t in spec.targets}
+        # Those the config asks for, made with its settings: what the next run keeps.
+        asked = [r for r in run.baseline_results() if (r.get("method"), r.get("target")) in wanted]
+        done = [r for r in asked if r.get("settings", {}) == spec.settings(r["method"])]
+        failed = [r for r in done if r.get("status", "complete") != "complete"]
+        lines.append(f"baselines: {len(done)} of {len(wanted)} done"
+                     + (f", {len(failed)} of them failed" if failed else "")
+                     + (f"; {len(asked) - len(done)} made with other settings, made again by "
+                        "the next search or 'ranksearch baselines'" if len(asked) > len(done)
+                        else ""))
+        for b in failed:
+            lines.append(f"  failed baseline {b['method']} {b['target']:g}x: "
+                         f"{b['status'].removeprefix('failed: ')}")
     front = pareto_front(frame)
     if not len(front) and c["COMPLETE"]:
         complete = frame[(frame["kind"] == "svd") & (frame["state"] == "COMPLETE")]

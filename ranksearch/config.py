@@ -261,6 +261,35 @@ class BaselineSpec(Strict):
     targets: list[Annotated[float, Field(gt=1)]] = Field(
         default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 6.0]
     )
+    slimming_penalty: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """Network slimming's λ: above 0, ``slimming`` first trains the reference for the
+    SVD-training budget with ``λ · Σ|γ|`` on its batch-norm scales added to the loss, then
+    prunes by those scales and fine-tunes (:mod:`ranksearch.baselines.slimming`; Liu et al.
+    used 1e-5 on CIFAR ResNets). At 0 it prunes the reference by its scales and trains the
+    pruned network for both phases: far ahead on the quickstart's digits budget, level on
+    Fashion-MNIST's validation split and ahead on its test split
+    (``benchmarks/baseline_slimming.py``)."""
+    lr: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, min_length=1)
+    """Rates to try for each baseline's first phase, its fine-tuning rate scaled alike (as a
+    searched ``space.lr`` scales a trial's); each rate is a run of the full budget, and the
+    one with the best validation metric is kept. Give the rates a searched ``space.lr``
+    covers, so that the baselines are tuned as the trials are. Default: the schedule's."""
+
+    @field_validator("lr")
+    @classmethod
+    def _distinct_rates(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("each rate once")
+        return value
+
+    def settings(self, method: str, *, tuned: bool = True) -> dict[str, Any]:
+        """What decides a ``method`` baseline's result beyond its target and the study's
+        budget, recorded with it so that one of other settings is made again; with
+        ``tuned=False``, one run's (not the rates tried). The defaults add nothing."""
+        one = ({"slimming_penalty": self.slimming_penalty}
+               if method == "slimming" and self.slimming_penalty > 0 else {})
+        return {**one, "lr": list(self.lr)} if tuned and self.lr else one
 
 
 class LatencySpec(Strict):

@@ -105,13 +105,17 @@ def _models(run: RunDir, config: cfg.StudyConfig, study: optuna.Study
         if dense is None or "flops" not in metrics:
             continue
         method, target = metrics["method"], float(metrics["target"])
-
-        def pruned(method: str = method, target: float = target) -> nn.Module:
-            return svd.for_inference(baselines.pruned_reference(dense, input_shape, method,
-                                                                target, config.seed))
-
-        found[baseline_key(method, target)] = (pruned, float(metrics["flops"]))
+        build = baselines.baseline_structure(config, run, dense, input_shape, metrics)
+        found[baseline_key(method, target)] = (
+            _missing_sparsity_training if build is None else
+            lambda build=build: svd.for_inference(build()), float(metrics["flops"]))
     return found, input_shape
+
+
+def _missing_sparsity_training() -> nn.Module:
+    raise UserError("the sparsity-trained model this slimming baseline was pruned from is not "
+                    "in the run's cache; remove the baseline's folder and run 'ranksearch "
+                    "baselines' to make it again")
 
 
 def run_models(run_dir: str | Path) -> tuple[dict[str, Builder], tuple[int, ...]]:
@@ -174,6 +178,11 @@ def measure_run(
     if all(previous.get(k) == v for k, v in {**settings, **machine}.items()):
         result["models"] = previous.get("models", {})
     found, input_shape = _models(run, config, study)
+    # A baseline run again since (other settings, another rate) has another structure.
+    for key, (_, recorded) in found.items():
+        entry = result["models"].get(key)
+        if entry and recorded is not None and abs(entry["flops"] - recorded) > 1e-6 * recorded:
+            del result["models"][key]
     reference = found["reference"][0]() if "reference" in found else None
     on_disk = previous
     kept = sum(key in result["models"] for key in found)

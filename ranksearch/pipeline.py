@@ -348,12 +348,12 @@ def trial_budget(config: cfg.StudyConfig) -> dict[str, cfg.Schedule]:
             "finetune": most("finetune_epochs", config.schedule.finetune)}
 
 
-def finetune_lr(config: cfg.StudyConfig, params: cfg.TrialParams) -> float:
-    """The fine-tuning rate: the schedule's, scaled as a searched SVD-training rate scales
-    the schedule's SVD-training rate."""
-    if params.lr is None:
+def finetune_lr(config: cfg.StudyConfig, lr: float | None) -> float:
+    """The fine-tuning rate: the schedule's, scaled as ``lr``, a rate given for SVD training
+    (a searched one), scales the schedule's SVD-training rate."""
+    if lr is None:
         return config.schedule.finetune.lr
-    return config.schedule.finetune.lr * params.lr / config.schedule.svd.lr
+    return config.schedule.finetune.lr * lr / config.schedule.svd.lr
 
 
 def trial_config(config: cfg.StudyConfig, params: cfg.TrialParams) -> cfg.StudyConfig:
@@ -393,7 +393,7 @@ def run_trial(
             result = train(config, model, "finetune", config.schedule.finetune,
                            seed=config.seed + 2,
                            regulariser=lambda m: params.lambda_o * svd.orthogonality_loss(m),
-                           lr=finetune_lr(config, params), epochs=finetune_epochs,
+                           lr=finetune_lr(config, params.lr), epochs=finetune_epochs,
                            desc="fine-tune", progress=progress)
             finetune_seconds, finetune_trained = result.seconds, result.epochs
     except Diverged as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -178,3 +179,28 @@ def test_literature_points_filter_by_model_and_dataset():
         empty = literature.points(model, dataset)
         assert empty.empty
         assert list(empty.columns) == list(resnet20_points.columns)
+
+
+def test_the_slimming_penalty_has_torch_pruning_s_gradient(resnet20):
+    """λ·Σ|γ| as a loss term gives each batch-norm scale the gradient λ·sign(γ) that
+    Torch-Pruning's BNScalePruner.regularize adds after the backward pass."""
+    import torch_pruning as tp
+
+    from ranksearch.baselines import bn_scale_penalty
+
+    ours, theirs = copy.deepcopy(resnet20), copy.deepcopy(resnet20)
+    with torch.no_grad():  # scales of both signs
+        ours.bn1.weight[::2].neg_()
+        theirs.bn1.weight[::2].neg_()
+    (1e-3 * bn_scale_penalty(ours)).backward()
+    pruner = tp.pruner.BNScalePruner(theirs, torch.randn(1, *CIFAR_SHAPE),
+                                     tp.importance.BNScaleImportance(), reg=1e-3)
+    for p in theirs.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.regularize(theirs)
+    bns = [name for name, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 21
+    for name in bns:
+        assert torch.equal(ours.get_submodule(name).weight.grad,
+                           theirs.get_submodule(name).weight.grad), name
+    assert bn_scale_penalty(nn.Linear(2, 2)).item() == 0

@@ -10,20 +10,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from ranksearch import cli, latency, measure
-from ranksearch.runs import read_json, write_json
+from ranksearch import cli, config, latency, measure
+from ranksearch.runs import atomic_write_text, read_json, write_json
 
 
 @pytest.fixture(scope="module")
 def run_with_baselines(tmp_path_factory):
-    """A finished 2-trial digits study with one L1 baseline, latency measured in-trial."""
+    """A finished 2-trial digits study with an L1 and a network slimming baseline (with its
+    sparsity training), latency measured in-trial."""
     from tests.conftest import TINY
 
     tmp = tmp_path_factory.mktemp("latency")
     space = tmp / "space.yaml"
     config = {**TINY, "trials": 2, "measure_latency": True,
               "latency": {"batch_size": 4, "threads": 1},
-              "baselines": {"methods": ["l1"], "targets": [2]}}
+              "baselines": {"methods": ["l1", "slimming"], "targets": [2],
+                            "slimming_penalty": 1e-3}}
     space.write_text(yaml.safe_dump(config))
     cli.main(["search", str(space), "--run-dir", str(tmp / "run"), "--quiet"])
     return tmp / "run"
@@ -37,10 +39,13 @@ def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines
         cli.main(["latency", str(run), "--repeats", "2"])
     timings = read_json(run / "latency.json")
     assert (timings["batch_size"], timings["threads"]) == (4, 1)
-    assert set(timings["models"]) == {"reference", "trial:0", "trial:1", "baseline:l1-2x"}
-    baseline = read_json(run / "baselines" / "l1-2x" / "metrics.json")
-    # The baseline's structure is rebuilt by pruning the reference again: the same FLOPs.
-    assert timings["models"]["baseline:l1-2x"]["flops"] == baseline["flops"]
+    assert set(timings["models"]) == {"reference", "trial:0", "trial:1", "baseline:l1-2x",
+                                      "baseline:slimming-2x"}
+    # A baseline's structure is rebuilt by pruning the reference again (slimming: the
+    # sparsity-trained reference, from the run's cache): the same FLOPs.
+    for name in ("l1-2x", "slimming-2x"):
+        baseline = read_json(run / "baselines" / name / "metrics.json")
+        assert timings["models"][f"baseline:{name}"]["flops"] == baseline["flops"]
     trial = read_json(run / "trials" / "0" / "metrics.json")
     assert timings["models"]["trial:0"]["flops"] == trial["flops"]
     assert all(m["latency_ms"] > 0 and m["latency_batch1_ms"] > 0
@@ -64,11 +69,11 @@ def test_every_model_is_timed_and_the_report_uses_the_timings(run_with_baselines
     cli.main(["latency", str(run), "--repeats", "2"])
     assert not calls
     out, err = capsys.readouterr()
-    assert "0 models timed now, 4 kept from an earlier call" in err
-    assert "latency.json: 4 models timed at batch 4 and 1 on 1 thread\n" in out
+    assert "0 models timed now, 5 kept from an earlier call" in err
+    assert "latency.json: 5 models timed at batch 4 and 1 on 1 thread\n" in out
     cli.main(["latency", str(run), "--repeats", "2", "--batch-size", "2"])
-    assert len(calls) == 2 * 4  # batch 2 and batch 1, four models
-    assert capsys.readouterr().err.endswith("4 models timed now\n")
+    assert len(calls) == 2 * 5  # batch 2 and batch 1, five models
+    assert capsys.readouterr().err.endswith("5 models timed now\n")
     timings = read_json(run / "latency.json")
     assert timings["batch_size"] == 2
     # Each model against the reference in the same window, times the reference's figure.
@@ -173,8 +178,39 @@ def test_run_models_builds_what_latency_times(run_with_baselines):
     from ranksearch.latency import run_models
 
     builders, input_shape = run_models(run_with_baselines)
-    assert set(builders) == {"reference", "trial:0", "trial:1", "baseline:l1-2x"}
+    assert set(builders) == {"reference", "trial:0", "trial:1", "baseline:l1-2x",
+                             "baseline:slimming-2x"}
     baseline = read_json(run_with_baselines / "baselines" / "l1-2x" / "metrics.json")
     pruned = builders["baseline:l1-2x"]()
     assert measure.flops(pruned, input_shape) == baseline["flops"]
     assert not pruned.training and measure.is_channels_last(pruned)
+
+
+def test_a_baseline_made_again_is_timed_again_as_its_result_was_made(run_with_baselines,
+                                                                     tmp_path, capsys) -> None:
+    """A kept timing whose FLOPs are not the baseline result's (the baseline was made again
+    since, with other settings) is timed again; a baseline is rebuilt with the settings its
+    result records, not the config's now; one that cannot be rebuilt is counted."""
+    run = tmp_path / "run"
+    shutil.copytree(run_with_baselines, run)
+    latency.measure_run(run, repeats=2)
+    timings = read_json(run / "latency.json")
+    timings["models"]["baseline:l1-2x"]["flops"] += 1000
+    write_json(run / "latency.json", timings)
+    settings = config.load(run / "config.yaml")
+    penalty_off = settings.model_copy(update={"baselines": settings.baselines.model_copy(
+        update={"slimming_penalty": 0.0})})
+    atomic_write_text(run / "config.yaml", config.dump(penalty_off))
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = latency.measure_run(run, repeats=2)["models"]
+    assert capsys.readouterr().err.endswith("1 models timed now, 4 kept from an earlier call "
+                                            "with the same settings on this machine\n")
+    assert again["baseline:l1-2x"]["flops"] == timings["models"]["baseline:l1-2x"]["flops"] - 1000
+
+    (run / "latency.json").unlink()
+    shutil.rmtree(run / "cache" / "slimming")
+    with pytest.warns(UserWarning, match="baseline:slimming-2x not timed: the sparsity-trained"):
+        latency.measure_run(run, repeats=2)
+    assert "4 models timed now, 1 not timed (see the warnings)" in capsys.readouterr().err

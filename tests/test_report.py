@@ -30,7 +30,7 @@ from ranksearch.report import (
     trials_frame,
     write_report,
 )
-from ranksearch.report.text import BASELINE_BUDGET_RULE
+from ranksearch.report.text import baseline_rule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -362,7 +362,8 @@ def test_write_report_writes_every_file(study: optuna.Study, run_dir: Path, tmp_
 
     summary = (out / "summary.md").read_text()
     assert FLOPS_CONVENTION in summary
-    assert BASELINE_BUDGET_RULE in summary
+    assert baseline_rule(None) in summary
+    assert "at the schedule's learning rates" in summary
     assert "| SVD training | 1.33× | 2.00× | 4.00× |" in summary
     assert "reference point (accuracy 0, FLOPs ratio 1.0" in summary
 
@@ -485,3 +486,15 @@ def test_reading_studies_does_not_import_the_training_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_baseline_rule_says_how_this_study_trained_its_baselines():
+    from ranksearch.config import BaselineSpec
+
+    rule = baseline_rule(BaselineSpec(lr=[1e-3, 3e-3], slimming_penalty=1e-4))
+    assert "at whichever of the rates 0.001, 0.003 did best on the validation split" in rule
+    assert "except slimming, which trains the reference with network slimming's L1 penalty " \
+           "(0.0001)" in rule
+    default = baseline_rule(BaselineSpec())
+    assert "at the schedule's learning rates" in default and "except" not in default
+    assert default == baseline_rule(None)

@@ -33,7 +33,7 @@ from ranksearch.report.pareto import (
     reference_flops,
     trials_frame,
 )
-from ranksearch.report.text import DEFAULT_METRIC
+from ranksearch.report.text import DEFAULT_METRIC, baseline_rule
 from ranksearch.report.timings import latency_source
 
 __all__ = [
@@ -289,6 +289,8 @@ class ReportData:
     excluded: pd.DataFrame
     importances: dict[str, dict[str, float]]
     state_counts: dict[str, int]
+    baseline_rule: str
+    """How the baselines were trained (:func:`~.text.baseline_rule`)."""
 
     @property
     def has_latency(self) -> bool:
@@ -310,12 +312,11 @@ def report_data(
     """The report of ``study``, with the baselines of ``run_dir`` (none when None); see
     :func:`ranksearch.report.write_report` for the arguments."""
     df = trials_frame(study, run_dir)
-    if model is None or dataset is None or metric is None:
-        config = _study_config(study, run_dir)
-        if config is not None:
-            model = model or config.model.name
-            dataset = dataset or config.data.name
-            metric = metric or config.metric.name
+    config = _study_config(study, run_dir)
+    if config is not None:
+        model = model or config.model.name
+        dataset = dataset or config.data.name
+        metric = metric or config.metric.name
     title = title or (
         f"{model} on {dataset}: SVD training Pareto report"
         if model and dataset
@@ -345,6 +346,7 @@ def report_data(
         state_counts={
             str(k): int(v) for k, v in df.loc[df["kind"] == "svd", "state"].value_counts().items()
         },
+        baseline_rule=baseline_rule(config.baselines if config is not None else None),
     )
 
 

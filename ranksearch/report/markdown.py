@@ -112,7 +112,7 @@ def summary(data: ReportData) -> str:
         f"- {FLOPS_CONVENTION}.",
         f"- {text.metric_title(metric)}: {text.metric_note(metric)}; test {metric} is in "
         "trials.csv.",
-        f"- Baselines: {text.BASELINE_BUDGET_RULE}.",
+        f"- Baselines: {data.baseline_rule}.",
         "- The front holds only complete trials trained on the full budget.",
         "",
     ]

@@ -23,7 +23,6 @@ from ranksearch.conventions import FLOPS_CONVENTION
 from ranksearch.report.data import ReportData
 from ranksearch.report.figures import figures
 from ranksearch.report.text import (
-    BASELINE_BUDGET_RULE,
     DEFAULT_METRIC,
     hypervolume_text,
     metric_note,
@@ -94,7 +93,7 @@ def page(data: ReportData) -> str:
         metric_title=escape(metric_title(data.metric)),
         metric_note=escape(metric_note(data.metric)),
         flops_convention=escape(FLOPS_CONVENTION),
-        baseline_rule=escape(BASELINE_BUDGET_RULE),
+        baseline_rule=escape(data.baseline_rule),
         literature_note=escape(literature_note),
         hypervolume_text=escape(hypervolume_text(data.metric)),
     )

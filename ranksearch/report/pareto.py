@@ -204,17 +204,13 @@ def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
                 "state": "FAIL" if failed else "COMPLETE",
                 "status": status,
                 "fail_reason": status.removeprefix("failed: ") if failed else None,
-                "accuracy": _number(metrics.get("accuracy")),
-                "test_accuracy": _number(metrics.get("test_accuracy")),
-                "flops": _number(metrics.get("flops")),
-                "flops_reduction": _number(metrics.get("flops_reduction")),
-                "params": _number(metrics.get("params")),
-                "latency_ms": _number(metrics.get("latency_ms")),
-                "wall_time_s": _number(metrics.get("wall_time_s")),
                 "full_budget": True,
                 "method": method,
-                "target": _number(metrics.get("target")),
-                "epochs": _number(metrics.get("epochs")),
+                **{key: _number(metrics.get(key)) for key in (
+                    "accuracy", "test_accuracy", "flops", "flops_reduction", "params",
+                    "latency_ms", "wall_time_s", "target", "epochs")},
+                # The rate that did best, where baselines.lr tuned it: beside a searched lr.
+                **({"param_lr": _number(metrics.get("lr"))} if "lr_tried" in metrics else {}),
             }
         )
     return rows

@@ -6,8 +6,10 @@ import math
 
 import pandas as pd
 
+from .. import config as cfg
+
 __all__ = [
-    "BASELINE_BUDGET_RULE", "DEFAULT_METRIC", "STATE_WORDS", "hypervolume_text", "metric_label",
+    "baseline_rule", "DEFAULT_METRIC", "STATE_WORDS", "hypervolume_text", "metric_label",
     "metric_note", "metric_title", "pct", "mflops", "times", "reduction_header", "reduction_rows",
     "trial_counts",
 ]
@@ -15,15 +17,22 @@ __all__ = [
 #: The name of the default metric, top-1 accuracy (``config.MetricSpec.name``).
 DEFAULT_METRIC = "accuracy"
 
-#: How baselines are trained, stated in the report so that the comparison can be judged.
-BASELINE_BUDGET_RULE = (
-    "each baseline is fine-tuned for the same number of epochs as one SVD trial's "
-    "SVD-training plus fine-tuning (the most a trial may get, where the space searches "
-    "them), from the same reference, at the schedule's learning rates (a searched lr is not "
-    "applied to baselines); slimming ranks channels by the reference's batch-norm scales, "
-    "without network slimming's L1-penalised training"
-)
 
+def baseline_rule(spec: cfg.BaselineSpec | None) -> str:
+    """How the study's baselines (``spec``, the config's ``baselines``) were trained, stated
+    in the report so that the comparison can be judged."""
+    rates = "at the schedule's learning rates"
+    if spec is not None and spec.lr:
+        rates = (f"at whichever of the rates {', '.join(f'{lr:g}' for lr in spec.lr)} did best "
+                 "on the validation split (each a full run; the fine-tuning rate scaled alike)")
+    order = "each is pruned first and trained for both phases"
+    if spec is not None and spec.slimming_penalty > 0:
+        order += (f", except slimming, which trains the reference with network slimming's L1 "
+                  f"penalty ({spec.slimming_penalty:g}) on its batch-norm scales for the first "
+                  "phase, then prunes and fine-tunes")
+    return ("each baseline is trained for the same number of epochs as one SVD trial's "
+            "SVD-training plus fine-tuning (the most a trial may get, where the space searches "
+            f"them), from the same reference, {rates}; {order}")
 
 
 def metric_label(metric: str) -> str:

@@ -34,8 +34,8 @@ ranking*: which channel sits at the boundary (and near-ties between scores are d
 CPU's floating-point kernels) no longer decides whether the target is overshot.
 
 Network slimming proper first trains with an L1 penalty on the batch-norm scales
-(``torch_pruning.pruner.BNScalePruner.regularize``); :func:`prune_to_flops` only prunes, by the
-scales the given model has. Taylor importance is not offered: it needs a loss and gradients
+(:mod:`ranksearch.baselines.slimming`); :func:`prune_to_flops` only prunes, by the scales the
+given model has. Taylor importance is not offered: it needs a loss and gradients
 on data at every step, which a data-free pruning step does not have.
 """
 
@@ -44,29 +44,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
-import time
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import config as cfg
-from . import pipeline
-from .measure import flops
-from .runs import CacheEntry, DamagedFile, RunDir, read_json, write_json
-from .train import Diverged, MetricFailed
+from ..measure import flops
+from ..schema import PruningMethod
 
-__all__ = ["METHODS", "TOLERANCE", "prune_to_flops", "pruned_reference", "run_baselines",
-           "run_baselines_for_run"]
+__all__ = ["METHODS", "TOLERANCE", "prune_to_flops"]
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = typing.get_args(cfg.PruningMethod)
+METHODS: tuple[str, ...] = typing.get_args(PruningMethod)
 
 #: The relative distance from the FLOPs target within which :func:`prune_to_flops` lands,
 #: above or below it, unless one channel at the boundary costs more than twice as much.
@@ -349,101 +341,3 @@ def prune_to_flops(
     logger.info("%s pruning: FLOPs %d -> %d (%.3gx, target %.3gx)", method, base,
                 current.flops, achieved, reduction)
     return pruned
-
-
-# --- equal-budget runs in a run directory ----------------------------------------------------
-def pruned_reference(dense: nn.Module, input_shape: Sequence[int], method: str, target: float,
-                     seed: int) -> nn.Module:
-    """``dense`` pruned as a baseline run prunes it (the global seed set first, for criteria
-    that draw from it), so that ``ranksearch latency`` rebuilds the same structure."""
-    torch.manual_seed(seed)
-    return prune_to_flops(dense, input_shape, method, target, seed=seed)
-
-
-def _baseline_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
-                  progress: bool) -> dict[str, Any]:
-    """Prune the cached reference to ``target``x fewer FLOPs with ``method`` and fine-tune it
-    with the budget of one SVD trial: the SVD-training schedule, then the fine-tuning one,
-    each for the most epochs a trial may get (:func:`pipeline.trial_budget`)."""
-    start = time.perf_counter()
-    data = pipeline.dataset(config)
-    dense, ref_metrics = pipeline.reference(config, run, progress=progress)
-    epochs, train_seconds = 0, 0.0
-    metrics: dict[str, Any] = {}
-    try:
-        try:
-            pruned = pruned_reference(dense, data.input_shape, method, target, config.seed)
-        except RuntimeError:
-            raise
-        except Exception as err:  # torch-pruning cannot prune every architecture
-            raise RuntimeError(f"{type(err).__name__} while pruning with torch-pruning: "
-                               f"{err}") from err
-        for phase, (budget, schedule) in enumerate(pipeline.trial_budget(config).items()):
-            # A seed per phase, as a trial's two phases have: not one batch order twice.
-            result = pipeline.train(config, pruned, "baseline", schedule,
-                                    seed=config.seed + 3 + phase,
-                                    desc=f"{method} {target:g}x ({budget} budget)",
-                                    progress=progress)
-            epochs += result.epochs
-            train_seconds += result.seconds
-        metrics = pipeline.measured(pruned, data, config)
-        status = "complete"
-    # Diverged, a metric with no finite value, no channel could be removed, or a graph
-    # torch-pruning cannot handle: that baseline failed, the study goes on.
-    except (Diverged, MetricFailed, RuntimeError) as err:
-        status = f"failed: {err}"
-    metrics.update(method=method, target=target, epochs=epochs, status=status,
-                   train_time_s=train_seconds, wall_time_s=time.perf_counter() - start)
-    if "flops" in metrics:
-        metrics["flops_reduction"] = ref_metrics["flops"] / metrics["flops"]
-    return metrics
-
-
-def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
-                  ) -> list[dict[str, Any]]:
-    """Run every baseline the config asks for that the run directory does not hold yet.
-    Each result is written atomically once its run ends, under a lock, so a killed run is
-    redone by the next call and a finished one never twice."""
-    spec = config.baselines
-    if spec is None:
-        return []
-    pending = [(m, t) for m in spec.methods for t in spec.targets]
-    # First pass: skip runs another worker holds, so that several workers share the runs;
-    # second pass: wait for those, so that every result exists when this returns.
-    for blocking in (False, True):
-        for method, target in pending:
-            folder = run.baseline_dir(method, target)
-            result_path = folder / "metrics.json"
-            with CacheEntry(folder).lock(blocking=blocking) as held:
-                if held and not _readable(result_path):
-                    metrics = _baseline_run(config, run, method, target, progress)
-                    write_json(result_path, metrics)
-                    outcome = (metrics["status"] if metrics["status"] != "complete" else
-                               f"{config.metric.name} {metrics['accuracy']:.4f}, "
-                               f"{metrics['flops_reduction']:.2f}x fewer FLOPs")
-                    print(f"baseline {method} {target:g}x: {outcome}", file=sys.stderr,
-                          flush=True)
-    return [read_json(run.baseline_dir(m, t) / "metrics.json") for m, t in pending]
-
-
-def _readable(result_path: Path) -> bool:
-    """Whether a baseline's result is there and reads; a damaged one is run again."""
-    if not result_path.is_file():
-        return False
-    try:
-        read_json(result_path)
-    except DamagedFile as err:
-        logger.warning("%s; running that baseline again", err)
-        return False
-    return True
-
-
-def run_baselines_for_run(run_dir: str | Path, *, progress: bool = True
-                          ) -> list[dict[str, Any]]:
-    """``ranksearch baselines RUN_DIR``: run or complete the baselines of an existing run."""
-    run = RunDir(run_dir).require_existing()
-    config = cfg.load(run.config_path)
-    if config.baselines is None:
-        raise cfg.ConfigError(f"{run.config_path}: no 'baselines' section; add one, e.g. "
-                              "baselines: {methods: [l1, fpgm, slimming], targets: [2, 4]}")
-    return run_baselines(config, run, progress=progress)
