@@ -302,7 +302,7 @@ def status_text(run_dir: str | Path) -> str:
         wanted = {(m, float(t)) for m in spec.methods for t in spec.targets}
         # Those the config asks for, made with its settings: what the next run keeps.
         asked = [r for r in run.baseline_results() if (r.get("method"), r.get("target")) in wanted]
-        done = [r for r in asked if r.get("settings", {}) == spec.settings(r["method"])]
+        done = [r for r in asked if spec.is_current(r)]
         failed = [r for r in done if r.get("status", "complete") != "complete"]
         lines.append(f"baselines: {len(done)} of {len(wanted)} done"
                      + (f", {len(failed)} of them failed" if failed else "")

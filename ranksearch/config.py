@@ -264,11 +264,9 @@ class BaselineSpec(Strict):
     slimming_penalty: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Network slimming's λ: above 0, ``slimming`` first trains the reference for the
     SVD-training budget with ``λ · Σ|γ|`` on its batch-norm scales added to the loss, then
-    prunes by those scales and fine-tunes (:mod:`ranksearch.baselines.slimming`; Liu et al.
-    used 1e-5 on CIFAR ResNets). At 0 it prunes the reference by its scales and trains the
-    pruned network for both phases: far ahead on the quickstart's digits budget, level on
-    Fashion-MNIST's validation split and ahead on its test split
-    (``benchmarks/baseline_slimming.py``)."""
+    prunes by those scales and fine-tunes (Liu et al. used 1e-5 on CIFAR ResNets). At 0 it
+    prunes the reference by its scales and trains the pruned network for both phases: ahead
+    on the quickstart's digits, level on Fashion-MNIST (``benchmarks/baseline_slimming.py``)."""
     lr: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
         None, min_length=1)
     """Rates to try for each baseline's first phase, its fine-tuning rate scaled alike (as a
@@ -290,6 +288,13 @@ class BaselineSpec(Strict):
         one = ({"slimming_penalty": self.slimming_penalty}
                if method == "slimming" and self.slimming_penalty > 0 else {})
         return {**one, "lr": list(self.lr)} if tuned and self.lr else one
+
+    def is_current(self, result: dict[str, Any]) -> bool:
+        """Whether a baseline's ``result`` (its ``metrics.json``) is one of the runs asked for
+        here, made with today's :meth:`settings`: what the report draws and a search keeps."""
+        method = result.get("method")
+        return (method in self.methods and result.get("target") in self.targets
+                and result.get("settings", {}) == self.settings(str(method)))
 
 
 class LatencySpec(Strict):

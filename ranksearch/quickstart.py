@@ -77,7 +77,7 @@ def quickstart(run_dir: str = "runs/quickstart", report_dir: str = "reports/quic
     _say("writing the report")
     report = write_report_for_run(run.path, report_dir)
     run, config, study = open_run_study(run.path)
-    frame = trials_frame(study, run.path)
+    frame = trials_frame(study, run.path, config.baselines)
     reference = study.user_attrs["reference"]
     table = reduction_table(frame, reference["accuracy"], drops=(1,))
     svd_best = table.loc[table["kind"] == "svd"].iloc[0]["within_1"] if "kind" in table else None

@@ -311,8 +311,8 @@ def report_data(
 ) -> ReportData:
     """The report of ``study``, with the baselines of ``run_dir`` (none when None); see
     :func:`ranksearch.report.write_report` for the arguments."""
-    df = trials_frame(study, run_dir)
     config = _study_config(study, run_dir)
+    df = trials_frame(study, run_dir, config.baselines if config is not None else None)
     if config is not None:
         model = model or config.model.name
         dataset = dataset or config.data.name

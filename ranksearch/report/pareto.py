@@ -19,25 +19,15 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from ranksearch import config as cfg
 from ranksearch.dominance import hypervolume_2d, nondominated
 from ranksearch.objectives import OBJECTIVE_NAMES
 from ranksearch.report.timings import use_timings
 
 __all__ = [
-    "METRIC_COLUMNS",
-    "LOW_FIDELITY_KIND",
-    "eligible_mask",
-    "nondominated",
-    "kind_label",
-    "reference_accuracy",
-    "reference_flops",
-    "trials_frame",
-    "pareto_front",
-    "fronts_by_kind",
-    "reduction_table",
-    "hypervolume_2d",
-    "hypervolume_history",
-    "param_importances",
+    "METRIC_COLUMNS", "LOW_FIDELITY_KIND", "eligible_mask", "nondominated", "kind_label",
+    "reference_accuracy", "reference_flops", "trials_frame", "pareto_front", "fronts_by_kind",
+    "reduction_table", "hypervolume_2d", "hypervolume_history", "param_importances",
 ]
 
 #: Metric columns of :func:`trials_frame`, in order; ``param_<name>`` columns follow them.
@@ -185,8 +175,8 @@ def _sweep_rows(trial: optuna.trial.FrozenTrial, ref_flops: float,
     return rows
 
 
-def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
-    rows = []
+def _baseline_rows(run_dir: Path, spec: cfg.BaselineSpec | None) -> list[dict[str, Any]]:
+    rows, left_out = [], 0
     for path in sorted((run_dir / "baselines").glob("*/metrics.json")):
         try:
             metrics = json.loads(path.read_text())
@@ -194,6 +184,9 @@ def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
             # Files are written atomically, so this is a damaged directory: report the
             # rest rather than nothing.
             warnings.warn(f"skipping unreadable baseline result {path}: {exc}", stacklevel=3)
+            continue
+        if spec is not None and not spec.is_current(metrics):
+            left_out += 1
             continue
         method = str(metrics.get("method") or path.parent.name.rsplit("-", 1)[0])
         status = str(metrics.get("status", "complete"))
@@ -213,10 +206,15 @@ def _baseline_rows(run_dir: Path) -> list[dict[str, Any]]:
                 **({"param_lr": _number(metrics.get("lr"))} if "lr_tried" in metrics else {}),
             }
         )
+    if left_out:
+        warnings.warn(f"{left_out} baseline result(s) in {run_dir / 'baselines'} left out: not "
+                      "asked by the study's config, or made with other settings (the next "
+                      "search or 'ranksearch baselines' makes them again)", stacklevel=3)
     return rows
 
 
-def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, run_dir: Path | None = None,
+                 baselines: cfg.BaselineSpec | None = None) -> pd.DataFrame:
     """One row per point of the report: the reference, every SVD trial, every baseline run.
 
     Columns are :data:`METRIC_COLUMNS` followed by one ``param_<name>`` column per search
@@ -225,8 +223,9 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     ``svd`` (every trial, whatever its state), ``svd-proxy`` (a multi-fidelity sweep's
     candidate evaluated without fine-tuning: ``accuracy`` is its proxy accuracy,
     ``full_budget`` false, ``number`` the trial that swept it, ``candidate`` its thresholds
-    as JSON) or ``baseline:<method>`` (one per
-    ``run_dir/baselines/*/metrics.json``). ``state`` is the Optuna state name
+    as JSON) or ``baseline:<method>`` (one per ``run_dir/baselines/*/metrics.json``; with
+    ``baselines``, the config's section, only those it asks for, made with its settings, and
+    a warning counts the rest). ``state`` is the Optuna state name
     (``COMPLETE``, ``FAIL``, ``RUNNING``, ``PRUNED``, ``WAITING``); the reference and baselines
     are ``COMPLETE``. ``ranks`` is the trial's ``{layer: kept rank}`` as compact JSON.
     ``spectrum_rank_before`` / ``_after``: on the trial that SVD-trained a model, the rank kept
@@ -255,7 +254,7 @@ def trials_frame(study: optuna.Study, run_dir: Path | None = None) -> pd.DataFra
     for trial in trials:
         rows.extend(_sweep_rows(trial, ref_flops, promotions_done))
     if run_dir is not None:
-        rows.extend(_baseline_rows(Path(run_dir)))
+        rows.extend(_baseline_rows(Path(run_dir), baselines))
         use_timings(rows, Path(run_dir))
 
     df = pd.DataFrame.from_records(rows)

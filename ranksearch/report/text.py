@@ -26,7 +26,7 @@ def baseline_rule(spec: cfg.BaselineSpec | None) -> str:
         rates = (f"at whichever of the rates {', '.join(f'{lr:g}' for lr in spec.lr)} did best "
                  "on the validation split (each a full run; the fine-tuning rate scaled alike)")
     order = "each is pruned first and trained for both phases"
-    if spec is not None and spec.slimming_penalty > 0:
+    if spec is not None and spec.slimming_penalty > 0 and "slimming" in spec.methods:
         order += (f", except slimming, which trains the reference with network slimming's L1 "
                   f"penalty ({spec.slimming_penalty:g}) on its batch-norm scales for the first "
                   "phase, then prunes and fine-tunes")
