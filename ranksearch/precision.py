@@ -81,6 +81,12 @@ _EXACT_IN_BF16 = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tens
 _ROUNDED_TO_BF16 = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
 
 
+#: Sums, in place (the result has the first operand's dtype) and not (the wider of the two).
+_SUMS_IN_PLACE = frozenset({torch.Tensor.add_, torch.Tensor.__iadd__})
+_SUMS = _SUMS_IN_PLACE | {torch.add, torch.Tensor.add, torch.Tensor.__add__,
+                          torch.Tensor.__radd__}
+
+
 def _rounds_to_bf16(func: Any, args: tuple) -> bool:
     if func not in _ROUNDED_TO_BF16:
         return False
@@ -105,12 +111,22 @@ class _NormOutputs(TorchFunctionMode):
         super().__init__()
         self._names: dict[int, tuple[torch.Tensor, set[str]]] = {}
         self.marked: set[str] = set()
-        self.needs_fp32: set[str] = set()
+        self._needs_fp32: set[str] = set()
+        self._uses: dict[int, int] = {}  # how many functions read each marked tensor
+        self._freed_by_sums: list[set[str]] = []
 
     def mark(self, tensor: torch.Tensor, names: set[str]) -> None:
         # The tensor is held too, so that its id is not reused by another during the pass.
         self._names.setdefault(id(tensor), (tensor, set()))[1].update(names)
         self.marked |= names
+
+    @property
+    def needs_fp32(self) -> set[str]:
+        """The norms that return fp32 from now on. A norm a sum freed (see :meth:`_sum`)
+        stays among them where a tensor made of its output is read more than once: the
+        gradients would add up in bf16 instead of fp32."""
+        read_again = set().union(*(self._names[i][1] for i, n in self._uses.items() if n > 1))
+        return self._needs_fp32.union(*(norms & read_again for norms in self._freed_by_sums))
 
     def names_in(self, values: Any) -> set[str]:
         names: set[str] = set()
@@ -126,12 +142,35 @@ class _NormOutputs(TorchFunctionMode):
         names = self.names_in((args, kwargs))
         tensors = [leaf for leaf in tree_leaves(result) if isinstance(leaf, torch.Tensor)]
         if names and tensors:
+            for leaf in tree_leaves((args, kwargs)):
+                if id(leaf) in self._names and self._names[id(leaf)][0] is leaf:
+                    self._uses[id(leaf)] = self._uses.get(id(leaf), 0) + 1
             if func in _EXACT_IN_BF16:
                 for tensor in tensors:
                     self.mark(tensor, names)
+            elif func in _SUMS and len(args) >= 2 and "out" not in kwargs:
+                self._sum(func, args[0], args[1], names)
             elif not _rounds_to_bf16(func, args):
-                self.needs_fp32 |= names
+                self._needs_fp32 |= names
         return result
+
+    def _sum(self, func: Any, first: Any, second: Any, names: set[str]) -> None:
+        """A sum of a norm's output with an fp32 tensor no norm made (a residual stream
+        already fp32; such a tensor keeps its dtype from pass to pass) is fp32 whatever the
+        norm returns: the sum reads its bf16 operand as ``.float()`` would make it, and its
+        backward rounds that operand's gradient as ``.float()``'s would, so the norm's cast
+        can go. In any other sum, the norms keep fp32."""
+        tensors = isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
+        if tensors and func in _SUMS_IN_PLACE:  # the result has the first's dtype
+            candidates = [(second, first)]
+        else:
+            candidates = [(first, second), (second, first)] if tensors else []
+        for norm_output, other in candidates:
+            if (not self.names_in(other) and other.dtype == torch.float32
+                    and self.names_in(norm_output) == names):
+                self._freed_by_sums.append(names)
+                return
+        self._needs_fp32 |= names
 
 
 @contextlib.contextmanager
@@ -149,7 +188,9 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     A norm whose output reaches only convolutions and linear layers, directly or through
     ReLU-like clamps and max pooling (a block's first norm: BN → ReLU → conv), keeps its bf16
     output: the convolution would round the fp32 values back to the same bf16 ones, forward
-    and backward, so the two casts would cost time and change nothing. The model's first
+    and backward, so the two casts would cost time and change nothing. So does a norm whose
+    output, read once, is summed with an fp32 tensor (a residual stream already fp32): the
+    sum is fp32 either way. The model's first
     forward pass inside the block finds these norms (every norm returns fp32 during it); the
     later passes skip their casts, from the first pass that begins once the backward of every
     earlier pass has begun. Until then every norm returns fp32, so a model that recomputes

@@ -109,12 +109,12 @@ def test_norms_that_only_feed_convolutions_keep_bf16_and_change_nothing(decompos
         _bf16_step(model, optimizer)
         _bf16_step(model, optimizer)
     watch.remove()
-    # The first pass (and so its backward) returns fp32 from every norm. From the second: a
-    # block's first norm (BN -> ReLU -> conv) returns bf16, the norms whose outputs are summed
-    # with the shortcut, and the stem's, return fp32.
+    # The first pass (and so its backward) returns fp32 from every norm. From the second,
+    # only the stem's and the norms summed in a stage's first block (with the stem's or the
+    # projection's output) do: later blocks add theirs to the fp32 residual stream.
     assert hooked[0] == norms
-    assert {"layer1.0.bn2", "layer2.0.downsample.1", "bn1"} <= hooked[1]
-    assert not hooked[1] & {f"layer{s}.{b}.bn1" for s in (1, 2, 3) for b in (0, 1, 2)}
+    assert hooked[1] == {"bn1", "layer1.0.bn2", "layer2.0.bn2", "layer2.0.downsample.1",
+                         "layer3.0.bn2", "layer3.0.downsample.1"}
     optimizer = torch.optim.SGD(every.parameters(), lr=0.1, momentum=0.9)
     with _every_norm_in_fp32(every):
         _bf16_step(every, optimizer)
@@ -144,6 +144,47 @@ def test_norms_reaching_anything_but_a_convolution_return_fp32() -> None:
         assert set(dtypes.values()) == {torch.float32}  # the first pass: every norm in fp32
         model(torch.randn(4, 3, 16, 16))
     assert dtypes == {"1": torch.bfloat16, "5": torch.float32, "10": torch.float32}
+
+
+class _Sum(nn.Module):
+    """A norm's output summed with an fp32 tensor or a convolution's bf16 output."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv, self.norm, self.other = (nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3),
+                                            nn.Conv2d(3, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm(self.conv(x))
+        if self.how == "fp32 + norm":
+            return x + n
+        if self.how == "fp32 += norm":
+            out = x.clone()
+            out += n
+            return out
+        if self.how == "fp32 + norm, read twice":  # its gradients would add up in bf16
+            return x + n + F.relu(n)
+        if self.how == "norm += fp32":
+            n += x
+            return n
+        return self.other(x) + n  # "conv + norm"
+
+
+@pytest.mark.parametrize("how, norm_dtype", [
+    ("fp32 + norm", torch.bfloat16), ("fp32 += norm", torch.bfloat16),
+    ("fp32 + norm, read twice", torch.float32), ("norm += fp32", torch.float32),
+    ("conv + norm", torch.float32)])
+def test_a_norm_summed_with_an_fp32_tensor_keeps_bf16_and_the_sum_stays_fp32(
+        how: str, norm_dtype: torch.dtype) -> None:
+    model = _Sum(how)
+    seen = []
+    with (precision.fp32_batch_norms(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16),
+          torch.no_grad()):
+        model.norm.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+        for _ in range(2):
+            assert model(torch.randn(2, 3, 8, 8)).dtype == torch.float32
+    assert seen == [torch.float32, norm_dtype]
 
 
 class _Fp32Head(nn.Module):
