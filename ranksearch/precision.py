@@ -128,13 +128,12 @@ class _NormOutputs(TorchFunctionMode):
         read_again = set().union(*(self._names[i][1] for i, n in self._uses.items() if n > 1))
         return self._needs_fp32.union(*(norms & read_again for norms in self._freed_by_sums))
 
+    def _marked_in(self, values: Any) -> list[torch.Tensor]:
+        return [leaf for leaf in tree_leaves(values)
+                if (entry := self._names.get(id(leaf))) is not None and entry[0] is leaf]
+
     def names_in(self, values: Any) -> set[str]:
-        names: set[str] = set()
-        for leaf in tree_leaves(values):
-            entry = self._names.get(id(leaf))
-            if entry is not None and entry[0] is leaf:
-                names |= entry[1]
-        return names
+        return set().union(*(self._names[id(leaf)][1] for leaf in self._marked_in(values)))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
@@ -142,9 +141,8 @@ class _NormOutputs(TorchFunctionMode):
         names = self.names_in((args, kwargs))
         tensors = [leaf for leaf in tree_leaves(result) if isinstance(leaf, torch.Tensor)]
         if names and tensors:
-            for leaf in tree_leaves((args, kwargs)):
-                if id(leaf) in self._names and self._names[id(leaf)][0] is leaf:
-                    self._uses[id(leaf)] = self._uses.get(id(leaf), 0) + 1
+            for leaf in self._marked_in((args, kwargs)):
+                self._uses[id(leaf)] = self._uses.get(id(leaf), 0) + 1
             if func in _EXACT_IN_BF16:
                 for tensor in tensors:
                     self.mark(tensor, names)
@@ -190,8 +188,8 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     output: the convolution would round the fp32 values back to the same bf16 ones, forward
     and backward, so the two casts would cost time and change nothing. So does a norm whose
     output, read once, is summed with an fp32 tensor (a residual stream already fp32): the
-    sum is fp32 either way. The model's first
-    forward pass inside the block finds these norms (every norm returns fp32 during it); the
+    sum is fp32 either way. The model's first forward pass inside the block finds these
+    norms (every norm returns fp32 during it); the
     later passes skip their casts, from the first pass that begins once the backward of every
     earlier pass has begun. Until then every norm returns fp32, so a model that recomputes
     activations in its backward (``torch.utils.checkpoint``) recomputes them as its forward
