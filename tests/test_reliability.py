@@ -123,6 +123,35 @@ def test_ctrl_c_leaves_no_process_and_gives_trials_back(tiny_space, tmp_path):
     _check_run_dir(run)
 
 
+def test_ctrl_c_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, monkeypatch, capsys):
+    """An interrupt that lands inside ``study.ask()``, once the trial exists in storage but
+    before the worker holds it, still fails and requeues that trial."""
+    run = tmp_path / "run"
+    ask = optuna.Study.ask
+    pressed = []
+
+    def ask_then_interrupt(self, *args, **kwargs):
+        trial = ask(self, *args, **kwargs)
+        if trial.number == 1 and not pressed:
+            pressed.append(trial.number)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before ask has returned
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_interrupt)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["search", str(tiny_space(trials=3)), "--run-dir", str(run), "--quiet"])
+    assert exit_info.value.code == 130
+    assert "rerun the same command" in capsys.readouterr().err
+    assert pressed == [1]
+    study = _study(run)
+    assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            ] == [0]
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert [(t.number, t.user_attrs["fail_reason"]) for t in failed] == [
+        (1, "interrupted; parameters requeued")]
+    assert study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) == []
+
+
 def test_failing_trials_are_recorded_and_the_search_goes_on(tiny_space, tmp_path, capsys):
     # Half the space diverges (an absurd L1 weight makes the loss infinite).
     space = tiny_space(trials=3, sampler={"name": "random", "seed": 1},

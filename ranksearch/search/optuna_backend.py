@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,26 @@ def _ask_lock(run: RunDir) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _interrupt_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it.
+
+    A trial exists in storage from inside ``study.ask()`` on, but the worker holds it only once
+    ``ask`` returns: an interrupt in between would leave it RUNNING with nobody to give it
+    back, until the heartbeat check of a later run fails it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
                 ) -> optuna.Trial | None | bool:
     """Ask for a trial if the study still needs one: the trial, None (wait: others' running
@@ -115,13 +136,15 @@ def run_worker(
     beats = heartbeat_folder(storage_url)
     done = failures_in_a_row = 0
     while True:
-        trial = _next_trial(study, run, beats)
-        if trial is False:
-            return done
-        if trial is None:
-            time.sleep(POLL_S)
-            continue
+        trial = None
         try:
+            with _interrupt_held():
+                trial = _next_trial(study, run, beats)
+            if trial is False:
+                return done
+            if trial is None:
+                time.sleep(POLL_S)
+                continue
             # Told inside the heartbeat: until then the trial must look alive to the others.
             with Heartbeat(study, trial._trial_id, beats):
                 outcome = objective(trial)
@@ -129,8 +152,9 @@ def run_worker(
                            state=TrialState.FAIL if outcome.values is None else None)
         except KeyboardInterrupt:
             # Unless it was interrupted after being told (its result is recorded then).
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                _give_back(study, trial, "interrupted; parameters requeued")
+            if isinstance(trial, optuna.Trial):
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    _give_back(study, trial, "interrupted; parameters requeued")
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             # This process stopped (suspended, paused) past the heartbeat grace period: the
