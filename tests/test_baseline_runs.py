@@ -14,7 +14,7 @@ import pytest
 from ranksearch import app, baselines, cli, config
 from ranksearch.baselines import TOLERANCE
 from ranksearch.report.pareto import trials_frame
-from ranksearch.runs import RunDir, atomic_write_text
+from ranksearch.runs import RunDir, atomic_write_text, read_json
 from ranksearch.search.study import open_run_study
 
 
@@ -183,8 +183,12 @@ def test_baselines_tuned_over_rates_keep_the_best_on_validation(tiny_space, tmp_
     assert result["lr"] == max(tried, key=tried.get)
     assert result["accuracy"] == max(tried.values())
     assert result["settings"] == {"lr": [1e-4, 3e-3]}
-    for lr in ("0.0001", "0.003"):
-        assert (run / "baselines" / "l1-2x" / f"lr-{lr}" / "metrics.json").is_file()
+    each = [read_json(run / "baselines" / "l1-2x" / f"lr-{lr}" / "metrics.json")
+            for lr in ("0.0001", "0.003")]
+    # The report's wall time is the whole tuning's; the training time the kept run's.
+    assert result["wall_time_s"] == pytest.approx(sum(m["wall_time_s"] for m in each))
+    assert result["tuning_train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in each))
+    assert result["train_time_s"] in {m["train_time_s"] for m in each}
 
     original, calls = runs._baseline_run, []
 

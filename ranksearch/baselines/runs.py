@@ -136,7 +136,11 @@ def _tuned_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
                progress: bool) -> dict[str, Any]:
     """A baseline at each rate of ``baselines.lr`` (each kept in ``lr-<rate>/`` of its folder,
     so that a killed run redoes only the rate it was at), the best by the validation metric
-    returned with every rate's metric under ``lr_tried``; without rates, the one run."""
+    returned with every rate's metric under ``lr_tried``; without rates, the one run.
+
+    ``train_time_s`` and ``epochs`` stay the best run's (the budget a trial is compared on);
+    ``wall_time_s`` is every rate's together (what finding that result cost) and
+    ``tuning_train_time_s`` their training time."""
     assert config.baselines is not None
     if not config.baselines.lr:
         return _baseline_run(config, run, method, target, None, progress)
@@ -153,7 +157,8 @@ def _tuned_run(config: cfg.StudyConfig, run: RunDir, method: str, target: float,
     best = max(complete, key=lambda m: m["accuracy"], default=next(iter(tried.values())))
     return {**best, "settings": config.baselines.settings(method),
             "lr_tried": {repr(lr): m.get("accuracy") for lr, m in tried.items()},
-            "tuning_train_time_s": sum(m["train_time_s"] for m in tried.values())}
+            "tuning_train_time_s": sum(m["train_time_s"] for m in tried.values()),
+            "wall_time_s": sum(m["wall_time_s"] for m in tried.values())}
 
 
 def run_baselines(config: cfg.StudyConfig, run: RunDir, *, progress: bool = True
