@@ -47,7 +47,7 @@ import torch
 from ranksearch import models, svd
 from ranksearch.config import Schedule
 from ranksearch.data import load
-from ranksearch.precision import cpu_has_bf16, resolve_precision
+from ranksearch.precision import cpu_has_bf16, cpu_name, resolve_precision
 from ranksearch.train import Phase, evaluate, fit
 
 DATASETS = {
@@ -141,7 +141,8 @@ def main() -> None:
             for name in BF16_SETTINGS}
     out = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "cpu_has_bf16": cpu_has_bf16(), "bf16_resolves_to": resolve_precision("auto", "cpu"),
+        "cpu": cpu_name(), "cpu_has_bf16": cpu_has_bf16(),
+        "bf16_resolves_to": resolve_precision("auto", "cpu"),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "model": "resnet20 (1 input channel)",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from ranksearch import data, models
+from ranksearch.precision import cpu_name
 
 GOAL_PERCENT = 5.0
 
@@ -45,14 +45,7 @@ def _timer(device: torch.device) -> Callable[[], float]:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, now: Callable[[], float]) -> float:

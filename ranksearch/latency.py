@@ -38,6 +38,7 @@ from . import baselines, export, measure, models, pipeline, svd
 from . import config as cfg
 from .conventions import baseline_key, trial_key
 from .errors import UserError
+from .precision import cpu_name
 from .runs import DamagedFile, RunDir, load_state, read_json, write_json
 from .search.study import open_run_study
 
@@ -45,16 +46,6 @@ if TYPE_CHECKING:  # a type hint only; the study is opened through search.study
     import optuna
 
 __all__ = ["measure_run", "run_models"]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 Builder = Callable[[], nn.Module]
@@ -173,7 +164,7 @@ def measure_run(
         previous = {}
     # Timings resume only on the same machine and PyTorch: a run directory copied to the
     # deployment host is timed there anew, not labelled with the search host's figures.
-    machine = {"host": platform.node(), "cpu": _cpu_name(), "torch": torch.__version__}
+    machine = {"host": platform.node(), "cpu": cpu_name(), "torch": torch.__version__}
     result: dict[str, Any] = {**settings, **machine, "models": {}}
     if all(previous.get(k) == v for k, v in {**settings, **machine}.items()):
         result["models"] = previous.get("models", {})

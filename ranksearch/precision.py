@@ -21,7 +21,28 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["cpu_has_bf16", "resolve_precision", "autocast", "fp32_batch_norms"]
+__all__ = ["cpu_name", "cpu_has_bf16", "resolve_precision", "autocast", "fp32_batch_norms"]
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of ``/proc/cpuinfo``; empty where there is none (not
+    Linux)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name() -> str:
+    """This CPU's model name (``AMD EPYC ...``), or its architecture where the system does not
+    say."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -29,16 +50,11 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16).
 
     oneDNN also runs bf16 on CPUs without these instructions, by emulation, and then it is
-    slower than fp32; so only the native instructions count.
+    slower than fp32; so only the native instructions count. Without ``/proc/cpuinfo`` (not
+    Linux) there is no portable way to ask, so no.
     """
-    try:
-        text = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
-    except OSError:  # not Linux: no portable way to ask, so fp32
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split()) | set(info.get("Features", "").split())
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
@@ -59,8 +75,8 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if native:
         return "bf16"
     if precision == "bf16":
-        processor = platform.processor() or platform.machine()
-        warnings.warn(f"precision bf16: this {device_type.upper()} ({processor}) has no native "
+        named = f" ({cpu_name()})" if device_type == "cpu" else ""
+        warnings.warn(f"precision bf16: this {device_type.upper()}{named} has no native "
                       "bf16; training in fp32", stacklevel=2)
     return "fp32"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import platform
 import warnings
 
 import pytest
@@ -33,6 +34,22 @@ def test_bf16_without_native_support_falls_back_with_one_line(no_native_bf16) ->
         warnings.simplefilter("error")  # auto falls back silently: it promised nothing
         assert precision.resolve_precision("auto", "cpu") == "fp32"
     assert precision.resolve_precision("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize(("cpuinfo", "name", "native"), [
+    ({"model name": "AMD EPYC 9R14", "flags": "fpu avx512f avx512_bf16"}, "AMD EPYC 9R14", True),
+    ({"model name": "Intel Xeon", "flags": "fpu sse avx512f"}, "Intel Xeon", False),
+    ({"Features": "fp asimd sve bf16"}, None, True),  # Arm names no model
+    ({}, None, False),  # no /proc/cpuinfo: not Linux
+])
+def test_the_cpu_is_named_and_its_bf16_read_from_cpuinfo(monkeypatch, cpuinfo, name, native):
+    monkeypatch.setattr(precision, "_cpuinfo", lambda: cpuinfo)
+    precision.cpu_has_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_bf16() is native
+        assert precision.cpu_name() == (name or platform.processor() or platform.machine())
+    finally:
+        precision.cpu_has_bf16.cache_clear()
 
 
 @pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has no native bf16")
