@@ -123,9 +123,11 @@ def test_ctrl_c_leaves_no_process_and_gives_trials_back(tiny_space, tmp_path):
     _check_run_dir(run)
 
 
-def test_ctrl_c_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, monkeypatch, capsys):
-    """An interrupt that lands inside ``study.ask()``, once the trial exists in storage but
-    before the worker holds it, still fails and requeues that trial."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, monkeypatch,
+                                                         capsys, signum):
+    """Ctrl-C or SIGTERM landing inside ``study.ask()``, once the trial exists in storage
+    but before the worker holds it, still fails and requeues that trial."""
     run = tmp_path / "run"
     ask = optuna.Study.ask
     pressed = []
@@ -134,7 +136,7 @@ def test_ctrl_c_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, monkeypa
         trial = ask(self, *args, **kwargs)
         if trial.number == 1 and not pressed:
             pressed.append(trial.number)
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before ask has returned
+            os.kill(os.getpid(), signum)  # before ask has returned
         return trial
 
     monkeypatch.setattr(optuna.Study, "ask", ask_then_interrupt)

@@ -70,7 +70,8 @@ def _ask_lock(run: RunDir) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _interrupt_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise it.
+    """Hold Ctrl-C and SIGTERM (which the CLI turns into Ctrl-C) until the block ends, then
+    deliver the first one to the handler it would have reached.
 
     A trial exists in storage from inside ``study.ask()`` on, but the worker holds it only once
     ``ask`` returns: an interrupt in between would leave it RUNNING with nobody to give it
@@ -79,13 +80,15 @@ def _interrupt_held() -> Iterator[None]:
         yield  # signals reach only the main thread
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if held:
-        raise KeyboardInterrupt
+        signal.raise_signal(held[0])
 
 
 def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
