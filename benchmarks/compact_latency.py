@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ranksearch import measure, models, svd
+from ranksearch.precision import cpu_name
 
 CASES = [  # model, input shape (C, H, W), batch size
     ("resnet18", (3, 224, 224), 1),
@@ -220,7 +221,8 @@ def main() -> None:
             run_case(name, input_shape, batch, args, report)
     result = {
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "clock": args.clock, "scheme": args.scheme,
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": args.clock,
+        "scheme": args.scheme,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "weights": "random (latency depends on shapes only)",
         "flops_convention": measure.FLOPS_CONVENTION,
