@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ranksearch.precision import cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "results" / "quickstart_time.json"
 GOAL_S = 300.0
 
@@ -53,7 +55,8 @@ def main() -> None:
         runs.append(one_run())
         print(json.dumps(runs[-1]), flush=True)
     result = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "goal_s": GOAL_S,
+              "machine": platform.processor() or platform.machine(), "cpu": cpu_name(),
+              "goal_s": GOAL_S,
               "runs": runs}
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     walls = [r["wall_s"] for r in runs]
