@@ -154,6 +154,23 @@ def test_an_interrupt_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, mo
     assert study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) == []
 
 
+def test_a_signal_handled_outside_python_is_left_alone(monkeypatch):
+    """A handler Python did not install (``getsignal`` gives None) could not be put back:
+    asking a trial holds only the signals Python handles, and restores them."""
+    from ranksearch.search import optuna_backend
+
+    getsignal, set_signal, installed = signal.getsignal, signal.signal, []
+    monkeypatch.setattr(signal, "getsignal",
+                        lambda sig: None if sig == signal.SIGTERM else getsignal(sig))
+    monkeypatch.setattr(signal, "signal",
+                        lambda sig, handler: installed.append(sig) or set_signal(sig, handler))
+    before = getsignal(signal.SIGINT)
+    with optuna_backend._interrupt_held():
+        assert getsignal(signal.SIGINT) is not before
+    assert installed == [signal.SIGINT, signal.SIGINT]
+    assert getsignal(signal.SIGINT) is before
+
+
 def test_failing_trials_are_recorded_and_the_search_goes_on(tiny_space, tmp_path, capsys):
     # Half the space diverges (an absurd L1 weight makes the loss infinite).
     space = tiny_space(trials=3, sampler={"name": "random", "seed": 1},

@@ -80,8 +80,12 @@ def _interrupt_held() -> Iterator[None]:
         yield  # signals reach only the main thread
         return
     held: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    # None: a handler installed outside Python (an embedding application), which Python
+    # could not put back; such a signal is left alone.
+    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+                if (handler := signal.getsignal(sig)) is not None}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
