@@ -6,6 +6,7 @@ this file runs a shortened version of it on every CI run.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -152,6 +153,45 @@ def test_an_interrupt_as_a_trial_is_asked_gives_it_back(tiny_space, tmp_path, mo
     assert [(t.number, t.user_attrs["fail_reason"]) for t in failed] == [
         (1, "interrupted; parameters requeued")]
     assert study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_worker_waiting_for_the_ask_lock(tiny_space, tmp_path):
+    """A worker waits for the host's ask lock (another worker holds it: a stopped process);
+    Ctrl-C stops it there, at once, with nothing asked."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / ".ask.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = _search(tiny_space(trials=2), run)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and not list(run.glob("cache/reference/*/metrics.json")):
+                time.sleep(0.2)
+            time.sleep(1.0)  # past the reference: waiting for the lock
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()  # a search that ignored Ctrl-C is not left running
+    assert proc.returncode == 130, err[-2000:]
+    assert _study(run).get_trials() == []
+
+
+def test_a_second_interrupt_while_one_is_held_stops_at_once():
+    """What holds Ctrl-C while a trial is asked may wait on a storage that does not answer:
+    pressing it again stops there."""
+    from ranksearch.search import optuna_backend
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt), optuna_backend._interrupt_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        reached.append("held")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+        reached.append("past the second")
+    assert reached == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_signal_handled_outside_python_is_left_alone(monkeypatch):

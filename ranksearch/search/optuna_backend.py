@@ -75,7 +75,8 @@ def _interrupt_held() -> Iterator[None]:
 
     A trial exists in storage from inside ``study.ask()`` on, but the worker holds it only once
     ``ask`` returns: an interrupt in between would leave it RUNNING with nobody to give it
-    back, until the heartbeat check of a later run fails it."""
+    back, until the heartbeat check of a later run fails it. A second interrupt while one is
+    held is delivered at once: the block may be waiting on a storage that does not answer."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach only the main thread
         return
@@ -84,32 +85,40 @@ def _interrupt_held() -> Iterator[None]:
     # could not put back; such a signal is left alone.
     previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
                 if (handler := signal.getsignal(sig)) is not None}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def hold(signum: int, _frame: object) -> None:
+        if held:
+            restore()
+            signal.raise_signal(signum)
+        held.append(signum)
+
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: held.append(signum))
+        signal.signal(sig, hold)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
     if held:
         signal.raise_signal(held[0])
 
 
-def _next_trial(study: optuna.Study, run: RunDir, beats: Path | None
-                ) -> optuna.Trial | None | bool:
+def _next_trial(study: optuna.Study, beats: Path | None) -> optuna.Trial | None | bool:
     """Ask for a trial if the study still needs one: the trial, None (wait: others' running
-    trials may finish it), or False (the study is done)."""
-    with _ask_lock(run):
-        target = study.user_attrs.get(TARGET_ATTR, 0)
+    trials may finish it), or False (the study is done). Called under the host's ask lock."""
+    target = study.user_attrs.get(TARGET_ATTR, 0)
+    trials = study.get_trials(deepcopy=False)
+    if fail_stale_trials(study, trials, folder=beats):
         trials = study.get_trials(deepcopy=False)
-        if fail_stale_trials(study, trials, folder=beats):
-            trials = study.get_trials(deepcopy=False)
-        c = counts(trials)
-        if c["COMPLETE"] >= target:
-            return False
-        if c["COMPLETE"] + c["RUNNING"] >= target:
-            return None
-        trial = study.ask()
+    c = counts(trials)
+    if c["COMPLETE"] >= target:
+        return False
+    if c["COMPLETE"] + c["RUNNING"] >= target:
+        return None
+    trial = study.ask()
     # Another host may have asked at the same moment: the trials numbered before ours win.
     ahead = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                      TrialState.RUNNING))
@@ -145,8 +154,10 @@ def run_worker(
     while True:
         trial = None
         try:
-            with _interrupt_held():
-                trial = _next_trial(study, run, beats)
+            # The wait for the lock stays interruptible; from the first storage read on, a
+            # trial asked reaches the code below that gives it back.
+            with _ask_lock(run), _interrupt_held():
+                trial = _next_trial(study, beats)
             if trial is False:
                 return done
             if trial is None:
