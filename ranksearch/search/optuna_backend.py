@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from .. import config as cfg
 from ..errors import EXIT_USER_ERROR, UserError
 from ..runs import RunDir
 from .backend import MAX_FAILURES_IN_A_ROW, Backend, TrialsKeepFailing, describe_trial, log
+from .interrupts import interrupts_held
 from .objective import Objective
 from .storage import STORAGE_ENV, heartbeat_folder, open_storage
 from .study import (
@@ -66,44 +66,6 @@ def _ask_lock(run: RunDir) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _interrupt_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM (which the CLI turns into Ctrl-C) until the block ends, then
-    deliver the first one to the handler it would have reached.
-
-    A trial exists in storage from inside ``study.ask()`` on, but the worker holds it only once
-    ``ask`` returns: an interrupt in between would leave it RUNNING with nobody to give it
-    back, until the heartbeat check of a later run fails it. A second interrupt while one is
-    held is delivered at once: the block may be waiting on a storage that does not answer."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach only the main thread
-        return
-    held: list[int] = []
-    # None: a handler installed outside Python (an embedding application), which Python
-    # could not put back; such a signal is left alone.
-    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
-                if (handler := signal.getsignal(sig)) is not None}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def hold(signum: int, _frame: object) -> None:
-        if held:
-            restore()
-            signal.raise_signal(signum)
-        held.append(signum)
-
-    for sig in previous:
-        signal.signal(sig, hold)
-    try:
-        yield
-    finally:
-        restore()
-    if held:
-        signal.raise_signal(held[0])
 
 
 def _next_trial(study: optuna.Study, beats: Path | None) -> optuna.Trial | None | bool:
@@ -156,7 +118,7 @@ def run_worker(
         try:
             # The wait for the lock stays interruptible; from the first storage read on, a
             # trial asked reaches the code below that gives it back.
-            with _ask_lock(run), _interrupt_held():
+            with _ask_lock(run), interrupts_held():
                 trial = _next_trial(study, beats)
             if trial is False:
                 return done
