@@ -256,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM (a scheduler's stop, a dying launcher's death signal to its workers) acts as
     # Ctrl-C: the running trial is given back (failed, parameters requeued) at once, rather
     # than discovered dead after the heartbeat grace period.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stops = (signal.SIGTERM, signal.SIGINT)
+    handlers = {sig: signal.signal(sig, signal.default_int_handler) for sig in stops}
     # Ctrl-C must work whatever the parent left behind: a process inherits ignored and blocked
     # signals (a shell's background job, some process managers, a test runner), and Python
     # keeps SIGINT ignored when it starts so.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     # ranksearch prints one line per trial itself; Optuna's per-trial INFO lines would repeat it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -280,8 +280,12 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{err.filename}: " if err.filename else ""
         print(f"ranksearch: error: {where}{err.strerror or err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    finally:  # main() called from Python (a test, a notebook) leaves the format as it was
+    finally:  # main() called from Python (a test, a notebook) leaves the process as it was
         warnings.formatwarning = python_format
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: installed outside Python, which cannot restore it
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

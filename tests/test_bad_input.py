@@ -218,9 +218,24 @@ def test_a_missing_database_driver_names_the_extra_to_install(url, module, hint,
     assert "secret" not in message
 
 
-def test_the_command_line_leaves_pythons_warning_format_as_it_was(tmp_path, capsys):
+def test_the_command_line_leaves_the_process_as_it_was(tmp_path, capsys):
+    """main() called from Python (a test, a notebook): Python's warning format, the SIGINT
+    and SIGTERM handlers and the blocked signals are as they were before."""
+    import signal
     import warnings
 
+    def sigterm_ignored(signum, frame):
+        pass
+
     before = warnings.formatwarning
-    cli_error(["search", str(tmp_path / "nope.yaml")], capsys)
-    assert warnings.formatwarning is before
+    previous = signal.signal(signal.SIGTERM, sigterm_ignored)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        cli_error(["search", str(tmp_path / "nope.yaml")], capsys)
+        assert warnings.formatwarning is before
+        assert signal.getsignal(signal.SIGTERM) is sigterm_ignored
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask | {signal.SIGUSR1}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
