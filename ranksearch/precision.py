@@ -205,11 +205,11 @@ def fp32_batch_norms(model: nn.Module, precision: str) -> Iterator[None]:
     and backward, so the two casts would cost time and change nothing. So does a norm whose
     output, read once, is summed with an fp32 tensor (a residual stream already fp32): the
     sum is fp32 either way. The model's first forward pass inside the block finds these
-    norms (every norm returns fp32 during it); the
-    later passes skip their casts, from the first pass that begins once the backward of every
-    earlier pass has begun. Until then every norm returns fp32, so a model that recomputes
-    activations in its backward (``torch.utils.checkpoint``) recomputes them as its forward
-    ran them, also in a loop that accumulates gradients over several passes.
+    norms (every norm returns fp32 during it); the later passes skip their casts, from the
+    first pass that begins once the backward of every earlier pass has begun. Until then
+    every norm returns fp32, so a model that recomputes activations in its backward
+    (``torch.utils.checkpoint``) recomputes them as its forward ran them, also in a loop that
+    accumulates gradients over several passes.
     """
     if precision != "bf16":
         yield
