@@ -15,10 +15,11 @@ Four settings of ``ranksearch.train.fit`` on ResNet-20 and the full Fashion-MNIS
 All four step with the fused optimizers ``ranksearch.train.Phase.optimizer`` makes.
 
 **Speed.** Seconds per training step (``--batch-size``, 128 by default) of the dense model
-and of the SVD model (channel scheme, orthogonality + Hoyer), the settings alternating in
-rounds of ``--steps`` steps so that load from other processes affects them alike: the median
-round of each setting, and its speedup as the median over rounds of that round's fp32 time
-over its own.
+and of the SVD model (channel scheme, orthogonality + Hoyer), both models and all settings
+taking turns in rounds of ``--steps`` steps so that load from other processes affects them
+alike: the median round of each setting, its speedup as the median over rounds of that
+round's fp32 time over its own, and the SVD step's cost in each setting as the median over
+rounds of that round's SVD time over its dense time.
 
 **Parity.** The same short reference schedule (SGD 0.1, Nesterov, cosine, weight decay 5e-4,
 ``--epochs`` epochs, same seed and batch order) trained in ``fp32+cl`` and in each bf16
@@ -61,6 +62,7 @@ SETTINGS = {  # name: (precision, channels_last, fp32 batch-norm outputs)
     "bf16+cl": ("auto", True, True),
     "bf16-plain+cl": ("auto", True, False),
 }
+KINDS = ("dense", "svd")
 BF16_SETTINGS = [name for name, (precision, _, _) in SETTINGS.items() if precision != "fp32"]
 
 
@@ -81,27 +83,38 @@ def _regulariser(model: torch.nn.Module) -> torch.Tensor:
     return svd.orthogonality_loss(model) + svd.sparsity_loss(model, "hoyer", 0.01)
 
 
-def step_times(data, kind: str, steps: int, rounds: int, batch_size: int
-               ) -> dict[str, list[float]]:
-    """Seconds per step of each setting in each round, the settings alternating round by
-    round."""
+def step_times(data, steps: int, rounds: int, batch_size: int
+               ) -> dict[str, dict[str, list[float]]]:
+    """Seconds per step of each model kind (dense, SVD) and setting in each round, every kind
+    and setting taking its turn in every round."""
     schedule = Schedule(epochs=1, lr=1e-3, optimizer="adam", batch_size=batch_size,
                         max_batches=steps)
     nets = {}
-    for name in SETTINGS:
-        torch.manual_seed(0)
-        net = models.create("resnet20", num_classes=10, in_channels=1)
-        nets[name] = svd.decompose(net, exclude=("conv1", "fc")) if kind == "svd" else net
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for kind in KINDS:
+        for name in SETTINGS:
+            torch.manual_seed(0)
+            net = models.create("resnet20", num_classes=10, in_channels=1)
+            nets[kind, name] = (svd.decompose(net, exclude=("conv1", "fc")) if kind == "svd"
+                                else net)
+    times: dict[str, dict[str, list[float]]] = {kind: {name: [] for name in SETTINGS}
+                                                for kind in KINDS}
     for round_ in range(rounds + 1):
-        for name, (precision, channels_last, fp32_norms) in SETTINGS.items():
-            phase = Phase("svd" if kind == "svd" else "reference", data, schedule, seed=round_,
-                          precision=precision, channels_last=channels_last,
-                          regulariser=_regulariser if kind == "svd" else None, progress=False)
-            result = _fit(nets[name], phase, fp32_norms)
-            if round_:  # the first round warms up (allocations, kernel choice)
-                times[name].append(result.seconds / steps)
+        for kind in KINDS:
+            for name, (precision, channels_last, fp32_norms) in SETTINGS.items():
+                phase = Phase("svd" if kind == "svd" else "reference", data, schedule,
+                              seed=round_, precision=precision, channels_last=channels_last,
+                              regulariser=_regulariser if kind == "svd" else None,
+                              progress=False)
+                result = _fit(nets[kind, name], phase, fp32_norms)
+                if round_:  # the first round warms up (allocations, kernel choice)
+                    times[kind][name].append(result.seconds / steps)
     return times
+
+
+def _paired_median(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of each round's own ratio: a slow spell of the machine that
+    lasts a round slows both sides of that round alike and cancels out."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
 def parity(data, epochs: int, seed: int, batch_size: int) -> dict[str, float]:
@@ -133,18 +146,19 @@ def main() -> None:
     args = parser.parse_args()
     data = load(args.dataset, val_fraction=0.05, seed=0, device="cpu")
     start = time.perf_counter()
-    rounds = ({kind: step_times(data, kind, args.steps, args.rounds, args.batch_size)
-               for kind in ("dense", "svd")} if args.rounds else {})
+    rounds = step_times(data, args.steps, args.rounds, args.batch_size) if args.rounds else {}
     timing = {kind: {name: statistics.median(t) for name, t in times.items()}
               for kind, times in rounds.items()}
-    # Each round's own ratio, then their median: a slow spell of the machine that lasts a
-    # round slows every setting of that round alike and cancels out.
-    speedup = {
-        kind: {name: statistics.median(f / t for f, t in zip(times["fp32"], series, strict=True))
-               for name, series in times.items()}
-        for kind, times in rounds.items()}
+    speedup = {kind: {name: _paired_median(times["fp32"], series)
+                      for name, series in times.items()}
+               for kind, times in rounds.items()}
+    svd_over_dense = ({name: _paired_median(rounds["svd"][name], rounds["dense"][name])
+                       for name in SETTINGS} if rounds else {})
     for kind, values in timing.items():
         print(kind, {k: f"{v:.3f} s/step ({speedup[kind][k]:.2f}x)" for k, v in values.items()},
+              flush=True)
+    if svd_over_dense:
+        print("svd step / dense step", {k: f"{v:.3f}" for k, v in svd_over_dense.items()},
               flush=True)
     accuracy = ({seed: parity(data, args.epochs, seed, args.batch_size) for seed in args.seeds}
                 if args.epochs else {})
@@ -161,6 +175,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "seconds_per_step": timing,
         "speedup_vs_fp32": speedup,
+        "svd_step_over_dense_step": svd_over_dense,
         "seconds_per_step_by_round": rounds,
         "parity_epochs": args.epochs,
         "test_accuracy": {str(seed): a for seed, a in accuracy.items()},
