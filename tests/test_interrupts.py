@@ -15,6 +15,15 @@ import pytest
 from ranksearch.search import interrupts
 
 
+@pytest.fixture(autouse=True)
+def sigint_interrupts():
+    """SIGINT raising KeyboardInterrupt, Python's default, also where this test run inherited
+    it ignored (a background job of a shell without job control, ``nohup``)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def sigterm_interrupts():
     """SIGTERM raising KeyboardInterrupt, as the command line sets it (pytest leaves the
